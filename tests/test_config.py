@@ -1,0 +1,101 @@
+"""The one config: presets, overrides, and errors that name the field, value and rule."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from trainer.config import TrainConfig
+from trainer.config_io import (ConfigError, build_config, config_to_toml, list_presets,
+                               load_config_data, parse_override, preset_path)
+
+
+def test_builtin_presets_load_and_match_kohya_habits() -> None:
+    assert {"tiny-cpu", "sd15-style", "sd15-character", "sd15-concept"} <= set(list_presets())
+    for name in ("sd15-style", "sd15-character", "sd15-concept"):
+        config = build_config(load_config_data(preset_path(name)))
+        assert 16 <= config.network.rank <= 32
+        assert config.network.alpha in (config.network.rank, config.network.rank / 2)
+        assert config.optimizer.learning_rate == 1e-4
+        assert config.optimizer.type == "AdamW"
+        assert config.schedule.lr_scheduler in ("cosine", "constant_with_warmup")
+        assert config.schedule.lr_warmup_steps > 0
+
+
+def test_preset_files_hold_only_changes_with_schema_version() -> None:
+    for name in list_presets():
+        data = tomllib.loads(preset_path(name).read_text())
+        assert data["schema_version"] == 1
+        defaults = TrainConfig().model_dump(mode="json")
+        for section, values in data.items():
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    assert defaults[section][key] != value, f"{name}: {section}.{key} is a default"
+
+
+def test_unknown_key_names_the_key_and_the_closest_valid_one(tmp_path: Path) -> None:
+    preset = tmp_path / "bad.toml"
+    preset.write_text("schema_version = 1\n[network]\nrnak = 8\n")
+    with pytest.raises(ConfigError) as error:
+        load_config_data(preset)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "bad.toml" in message and "network.rnak" in message and "'rank'" in message
+
+
+def test_negative_rank_names_field_value_and_rule() -> None:
+    with pytest.raises(ConfigError) as error:
+        build_config({"network": {"rank": -4}})
+    assert str(error.value) == "network.rank = -4: must be greater than or equal to 1"
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"optimizer": {"learning_rate": float("nan")}}, "optimizer.learning_rate = nan"),
+    ({"optimizer": {"learning_rate": 0}}, "optimizer.learning_rate = 0"),
+    ({"network": {"alpha": 0}}, "network.alpha = 0"),
+    ({"schedule": {"max_train_steps": 0}}, "schedule.max_train_steps = 0"),
+    ({"output": {"name": "../escape"}}, "contains /"),
+    ({"output": {"name": "CON"}}, "Windows"),
+    ({"output": {"name": 'a:b'}}, "contains :"),
+    ({"dataset": {"resolution": 500}}, "multiple of 64"),
+    ({"network": {"blocks": ["side"]}}, "'side' is not a block"),
+    ({"schema_version": 9}, "newer LoRA Studio"),
+    ({"network": {"rank": "big"}}, "network.rank = 'big'"),
+])
+def test_bad_values_are_explained(data: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=None) as error:
+        build_config(data)
+    assert needle in str(error.value)
+
+
+def test_overrides_parse_as_toml_values_or_strings() -> None:
+    assert parse_override("network.rank=32") == (["network", "rank"], 32)
+    assert parse_override('network.blocks=["down","up"]') == (["network", "blocks"], ["down", "up"])
+    assert parse_override("output.name=my style") == (["output", "name"], "my style")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("rank")
+
+
+def test_toml_round_trip_keeps_every_value(tmp_path: Path) -> None:
+    config = build_config({"network": {"rank": 8, "alpha": 4.0, "blocks": ["up.1", "mid"]},
+                           "dataset": {"folders": [{"path": str(tmp_path), "repeats": 3}]},
+                           "optimizer": {"betas": [0.8, 0.99]}})
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(config))
+    again = build_config(load_config_data(path))
+    assert again == config
+    only_changes = tomllib.loads(config_to_toml(config, only_changes=True))
+    assert only_changes["network"] == {"rank": 8, "alpha": 4.0, "blocks": ["up.1", "mid"]}
+    assert "schedule" not in only_changes
+
+
+def test_relative_paths_in_a_file_are_relative_to_that_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "job.toml"
+    path.write_text('[model]\npath = "../models/base.safetensors"\n'
+                    '[dataset]\nfolders = [{path = "imgs"}]\n')
+    config = build_config(load_config_data(path))
+    assert config.model.path == (tmp_path / "models" / "base.safetensors").resolve()
+    assert config.dataset.folders[0].path == (tmp_path / "sub" / "imgs").resolve()

@@ -1,0 +1,244 @@
+"""The one typed model of a training job.
+
+The GUI edits it, presets are TOML files of it (only the values that differ from the defaults),
+the CLI builds it from flags, and the run folder keeps the exact copy that ran. Defaults live
+here and nowhere else. Importing this module must stay cheap: no torch, no Qt.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+BLOCK_PATTERN = re.compile(r"^(down|mid|up)(\.\d+)?$")
+ATTENTION_KINDS = ("attn1", "attn2")
+PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                    *(f"LPT{i}" for i in range(1, 10))}
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated (the GUI sets fields)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetFolder(Section):
+    """One image folder. `repeats` = None takes a kohya `N_name` prefix from the folder name, else 1."""
+
+    path: Path
+    repeats: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    is_reg: bool = False
+    class_tokens: str = ""
+    caption_extension: str | None = None  # None: the dataset-wide extension
+
+
+class DatasetConfig(Section):
+    folders: list[DatasetFolder] = []
+    kohya_config: Path | None = Field(
+        None, description="kohya dataset TOML ([general]/[[datasets]]/[[datasets.subsets]])")
+    caption_extension: str = ".txt"
+    trigger_word: str = Field("", description="prepended to every caption")
+    caption_separator: str = ","
+    shuffle_caption: bool = False
+    keep_tokens: Annotated[int, Field(ge=0)] = 0
+    caption_dropout_rate: Fraction = 0.0
+    caption_tag_dropout_rate: Fraction = 0.0
+    resolution: Annotated[int, Field(ge=64, le=4096, multiple_of=64)] = 512
+    enable_bucket: bool = True
+    min_bucket_reso: Annotated[int, Field(ge=64, multiple_of=64)] = 256
+    max_bucket_reso: Annotated[int, Field(ge=64, multiple_of=64)] = 1024
+    bucket_reso_steps: Literal[64] = 64
+    bucket_no_upscale: bool = False
+    flip_aug: bool = False
+    background_color: str = Field("#ffffff", description="transparent pixels are flattened on it")
+    min_image_side: Annotated[int, Field(ge=1)] = 64
+    batch_size: Annotated[int, Field(ge=1, le=256)] = 1
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not re.fullmatch(r"\.[A-Za-z0-9_.-]+", value):
+            raise ValueError(f"must look like '.txt' (a dot and letters), got {value!r}")
+        return value
+
+    @field_validator("background_color")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+            raise ValueError(f"must be a colour like '#ffffff', got {value!r}")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _bucket_range(self) -> DatasetConfig:
+        if self.min_bucket_reso > self.max_bucket_reso:
+            raise ValueError(
+                f"min_bucket_reso ({self.min_bucket_reso}) is larger than max_bucket_reso "
+                f"({self.max_bucket_reso})")
+        return self
+
+
+class ModelConfig(Section):
+    path: Path | None = Field(None, description="diffusers folder or one .safetensors/.ckpt file")
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
+    clip_skip: Annotated[int, Field(ge=1, le=4)] = 1
+
+
+class NetworkConfig(Section):
+    rank: Annotated[int, Field(ge=1, le=1024)] = 16
+    alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 8.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    blocks: list[str] = ["down", "mid", "up"]
+    attention: list[Literal["attn1", "attn2"]] = ["attn1", "attn2"]
+    projections: list[Literal["to_q", "to_k", "to_v", "to_out.0"]] = list(PROJECTIONS)
+    train_text_encoder: bool = False
+    text_encoder_lr: PositiveFloat | None = Field(None, description="None: the U-Net rate")
+    init_from: Path | None = Field(None, description="an existing LoRA to continue from")
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks(cls, value: list[str]) -> list[str]:
+        for block in value:
+            if not BLOCK_PATTERN.match(block):
+                raise ValueError(
+                    f"{block!r} is not a block; use 'down', 'mid', 'up' or one block like 'down.1'")
+        if not value:
+            raise ValueError("pick at least one block (down, mid or up)")
+        return value
+
+    @field_validator("attention", "projections")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("pick at least one")
+        return value
+
+
+class OptimizerConfig(Section):
+    type: Literal["AdamW", "AdamW8bit", "Prodigy", "Lion"] = "AdamW"
+    learning_rate: PositiveFloat = 1e-4
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    max_grad_norm: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+
+
+class ScheduleConfig(Section):
+    max_train_steps: Annotated[int, Field(ge=1)] | None = 1000
+    max_train_epochs: Annotated[int, Field(ge=1)] | None = None
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "cosine_with_restarts",
+                          "linear", "polynomial"] = "constant_with_warmup"
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
+
+    @model_validator(mode="after")
+    def _length(self) -> ScheduleConfig:
+        if self.max_train_steps is None and self.max_train_epochs is None:
+            raise ValueError("set max_train_steps or max_train_epochs")
+        return self
+
+
+class LossConfig(Section):
+    noise_offset: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_snr_gamma: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+class PrecisionConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="CUDA only; a CPU run always trains in fp32")
+    gradient_checkpointing: bool = False
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+    cache_latents: bool = True
+    cache_latents_to_disk: bool = False
+    cache_text_encoder_outputs: bool = True
+    threads: Annotated[int, Field(ge=1, le=512)] | None = None
+
+
+class SamplingConfig(Section):
+    prompts: list[str] = []
+    every_n_steps: Annotated[int, Field(ge=1)] | None = None
+    at_end: bool = True
+    steps: Annotated[int, Field(ge=1, le=150)] = 20
+    guidance_scale: Annotated[float, Field(ge=0, le=30)] = 7.0
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 1234
+    width: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] | None = None  # None: resolution
+    height: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] | None = None
+    baseline: bool = Field(True, description="also render each prompt at LoRA strength 0")
+
+
+class OutputConfig(Section):
+    dir: Path | None = None
+    name: str = "my_lora"
+    save_every_n_steps: Annotated[int, Field(ge=1)] | None = None
+    save_every_n_epochs: Annotated[int, Field(ge=1)] | None = None
+    keep_last: Annotated[int, Field(ge=1, le=1000)] = 3
+    save_precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        bad = sorted(set(value) & set('/\\:*?"<>|'))
+        if not value or value in {".", ".."} or bad or any(ord(ch) < 32 for ch in value):
+            raise ValueError(
+                f"{value!r} can't be a file name{' (contains ' + ' '.join(bad) + ')' if bad else ''}; "
+                "use letters, digits, '-' and '_'")
+        if value.split(".")[0].upper() in WINDOWS_RESERVED or value.endswith((" ", ".")):
+            raise ValueError(f"{value!r} is not allowed as a file name on Windows")
+        return value
+
+
+class MetadataConfig(Section):
+    """What the exported file says about itself (Civitai and the web UIs read it)."""
+
+    title: str = ""
+    author: str = ""
+    description: str = ""
+    trigger_phrase: str = ""
+    tags: list[str] = []
+    license: str = ""
+    hide_folder_names: bool = Field(False, description="leave local folder names out of the file")
+
+
+class TrainConfig(BaseModel):
+    """A whole training job."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    schema_version: Annotated[int, Field(ge=1)] = SCHEMA_VERSION
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    network: NetworkConfig = NetworkConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    loss: LossConfig = LossConfig()
+    precision: PrecisionConfig = PrecisionConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    output: OutputConfig = OutputConfig()
+    metadata: MetadataConfig = MetadataConfig()
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value > SCHEMA_VERSION:
+            raise ValueError(
+                f"this file was written by a newer LoRA Studio (schema {value}); this version "
+                f"reads schema {SCHEMA_VERSION} and older - update LoRA Studio")
+        return value
+
+    @property
+    def text_encoder_lr(self) -> float:
+        return self.network.text_encoder_lr or self.optimizer.learning_rate
+
+    @property
+    def network_scale(self) -> float:
+        return self.network.alpha / self.network.rank
