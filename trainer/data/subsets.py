@@ -1,0 +1,204 @@
+"""Where a job's images come from: subsets, and the dataset-wide settings.
+
+A subset is one folder of images with its own options (repeats, regularisation, class tokens,
+caption handling, flip). Both sources - `config.dataset.folders` and a kohya dataset TOML - are
+normalised into the same list of `Subset`s with every option filled in, plus one
+`DatasetSettings` (resolution, batch size, buckets) for the whole job.
+
+kohya's folder convention: a folder named `N_name` (N a whole number) means N repeats, and
+`name` is the class token used for images without a caption file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from trainer.config import DatasetConfig, TrainConfig
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+REPEAT_FOLDER = re.compile(r"^(\d+)_(.*)$")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be scanned at all (missing folder, no folders). The CLI exits 2."""
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One folder of images and every option that applies to it."""
+
+    image_dir: Path
+    name: str  # folder name as recorded in the exported file (unique within a job)
+    num_repeats: int = 1
+    is_reg: bool = False
+    class_tokens: str = ""
+    caption_extension: str = ".txt"
+    caption_separator: str = ","
+    keep_tokens: int = 0
+    keep_tokens_separator: str = ""
+    shuffle_caption: bool = False
+    caption_dropout_rate: float = 0.0
+    caption_tag_dropout_rate: float = 0.0
+    flip_aug: bool = False
+    trigger_word: str = ""  # never applied to regularisation images
+    source: str = ""  # where it was defined, for messages
+
+    @property
+    def effective_trigger(self) -> str:
+        return "" if self.is_reg else self.trigger_word.strip()
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Dataset-wide settings. From the config, or from a kohya TOML where it sets them."""
+
+    resolution: tuple[int, int] = (512, 512)
+    batch_size: int = 1
+    enable_bucket: bool = True
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024
+    bucket_reso_steps: int = 64
+    bucket_no_upscale: bool = False
+    background_color: str = "#ffffff"
+    min_image_side: int = 64
+
+    @classmethod
+    def from_config(cls, dataset: DatasetConfig) -> DatasetSettings:
+        return cls(
+            resolution=(dataset.resolution, dataset.resolution), batch_size=dataset.batch_size,
+            enable_bucket=dataset.enable_bucket, min_bucket_reso=dataset.min_bucket_reso,
+            max_bucket_reso=dataset.max_bucket_reso, bucket_reso_steps=dataset.bucket_reso_steps,
+            bucket_no_upscale=dataset.bucket_no_upscale,
+            background_color=dataset.background_color, min_image_side=dataset.min_image_side)
+
+
+@dataclass
+class ResolvedDataset:
+    """The outcome of reading a job's dataset definition (before any image is opened)."""
+
+    subsets: list[Subset]
+    settings: DatasetSettings
+    notes: list[tuple[Path, str]] = field(default_factory=list)  # warnings: (path, text)
+
+
+def parse_repeat_folder(name: str) -> tuple[int, str] | None:
+    """`10_my dog` -> (10, "my dog") (kohya: the rest after the first `_` is the class token).
+    Anything else, or zero repeats, -> None."""
+    match = REPEAT_FOLDER.match(name)
+    if not match or int(match.group(1)) < 1:
+        return None
+    return int(match.group(1)), match.group(2)
+
+
+def subset_defaults(dataset: DatasetConfig) -> dict:
+    """The per-subset options a config provides when a subset does not set them."""
+    return {
+        "caption_extension": dataset.caption_extension,
+        "caption_separator": dataset.caption_separator,
+        "keep_tokens": dataset.keep_tokens,
+        "keep_tokens_separator": "",
+        "shuffle_caption": dataset.shuffle_caption,
+        "caption_dropout_rate": dataset.caption_dropout_rate,
+        "caption_tag_dropout_rate": dataset.caption_tag_dropout_rate,
+        "flip_aug": dataset.flip_aug,
+        "trigger_word": dataset.trigger_word,
+    }
+
+
+def unique_names(subsets: list[Subset]) -> list[Subset]:
+    """Give subsets that share a folder name a ` (2)`, ` (3)` suffix, so metadata keeps both."""
+    seen: dict[str, int] = {}
+    out = []
+    for subset in subsets:
+        count = seen.get(subset.name, 0) + 1
+        seen[subset.name] = count
+        if count > 1:
+            subset = replace(subset, name=f"{subset.name} ({count})")
+        out.append(subset)
+    return out
+
+
+def _has_images(entries: list[os.DirEntry]) -> bool:
+    return any(entry.name.lower().endswith(tuple(IMAGE_EXTENSIONS)) and _is_file(entry)
+               for entry in entries)
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _list_dir(path: Path) -> list[os.DirEntry]:
+    with os.scandir(path) as iterator:
+        return sorted(iterator, key=lambda entry: entry.name)
+
+
+def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
+    """Subsets from `config.dataset.folders`.
+
+    A folder that directly holds images is one subset: repeats from `DatasetFolder.repeats`,
+    else from an `N_name` folder name, else 1; class tokens from `class_tokens`, else the
+    `name` part of an `N_name` folder name. Each immediate subfolder named `N_name` is one more
+    subset with N repeats and class tokens `name` (unless the folder sets `class_tokens`).
+    Symlinked subfolders are not followed. Other subfolders are noted and ignored.
+    """
+    if not dataset.folders:
+        raise DatasetError("no image folders given: add at least one folder to the dataset")
+    defaults = subset_defaults(dataset)
+    subsets: list[Subset] = []
+    notes: list[tuple[Path, str]] = []
+    for index, folder in enumerate(dataset.folders):
+        path = Path(os.path.expanduser(str(folder.path)))
+        if not path.exists():
+            raise DatasetError(f"image folder not found: {path}")
+        if not path.is_dir():
+            raise DatasetError(f"not a folder: {path} (give the folder that holds the images)")
+        try:
+            entries = _list_dir(path)
+        except OSError as error:
+            raise DatasetError(f"cannot read image folder {path}: {error.strerror or error}") from None
+        options = dict(defaults)
+        if folder.caption_extension is not None:
+            options["caption_extension"] = folder.caption_extension
+        source = f"dataset.folders[{index}]"
+        parsed = parse_repeat_folder(path.name)
+        before = len(subsets)
+        if _has_images(entries):
+            repeats = folder.repeats or (parsed[0] if parsed else 1)
+            tokens = folder.class_tokens or (parsed[1] if parsed else "")
+            subsets.append(Subset(image_dir=path, name=path.name, num_repeats=repeats,
+                                  is_reg=folder.is_reg, class_tokens=tokens, source=source,
+                                  **options))
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                if entry.is_symlink() and entry.is_dir():
+                    notes.append((Path(entry.path), "symlinked folder not followed"))
+                continue
+            sub = parse_repeat_folder(entry.name)
+            if sub is None:
+                notes.append((Path(entry.path),
+                              "subfolder ignored (only kohya repeat folders like '10_name' are read)"))
+                continue
+            subsets.append(Subset(image_dir=Path(entry.path), name=entry.name, num_repeats=sub[0],
+                                  is_reg=folder.is_reg, class_tokens=folder.class_tokens or sub[1],
+                                  source=f"{source} / {entry.name}", **options))
+        if len(subsets) == before:
+            notes.append((path, "no images here and no kohya repeat folders like '10_name'"))
+    return ResolvedDataset(unique_names(subsets), DatasetSettings.from_config(dataset), notes)
+
+
+def resolve_dataset(config: TrainConfig) -> ResolvedDataset:
+    """The subsets and settings of a job: from the kohya TOML when one is set, else the folders."""
+    if config.dataset.kohya_config is not None:
+        from trainer.data.kohya_toml import load_kohya_dataset
+        resolved = load_kohya_dataset(config.dataset.kohya_config, config.dataset)
+        if config.dataset.folders:
+            resolved.notes.append((Path(config.dataset.kohya_config),
+                                   "dataset.folders ignored: the kohya dataset file lists the folders"))
+        return resolved
+    return folder_subsets(config.dataset)
