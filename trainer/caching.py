@@ -1,0 +1,136 @@
+"""Latent and text-embedding caches: after them a training step costs only the U-Net.
+
+A latent is keyed by the image's bytes, its bucket, crop, flip and the VAE, so editing an image
+(or switching VAE) misses the cache instead of training on stale latents. The disk cache lives in
+`$XDG_CACHE_HOME/lora-studio/latents` (one small safetensors file per entry, written atomically),
+shared between runs of the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from trainer.data import image_to_tensor, load_image
+
+CACHE_VERSION = "1"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lora-studio" / "latents"
+
+
+def vae_fingerprint(vae: torch.nn.Module) -> str:
+    """Cheap identity of a VAE: its config and a few of its weights."""
+    digest = hashlib.sha256(repr(sorted(dict(vae.config).items())).encode())
+    for name, tensor in list(vae.state_dict().items())[:: max(1, len(vae.state_dict()) // 8)]:
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LatentCache:
+    """VAE latents (the distribution mean, times the VAE scaling factor) by image and variant."""
+
+    def __init__(self, vae: torch.nn.Module, *, background: str, disk_dir: Path | None) -> None:
+        self.vae = vae
+        self.background = background
+        self.disk_dir = disk_dir
+        self.vae_id = vae_fingerprint(vae)
+        self._memory: dict[tuple[Path, tuple[int, int], bool], torch.Tensor] = {}
+        self._digests: dict[Path, str] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, path: Path, bucket: tuple[int, int], flip: bool) -> str:
+        if path not in self._digests:
+            self._digests[path] = file_digest(path)
+        text = f"{CACHE_VERSION}|{self._digests[path]}|{bucket[0]}x{bucket[1]}|center|" \
+               f"{int(flip)}|{self.background}|{self.vae_id}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @torch.no_grad()
+    def encode(self, path: Path, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
+        pixels, _ = image_to_tensor(load_image(path, self.background), bucket, flip)
+        param = next(self.vae.parameters())
+        pixels = pixels[None].to(param.device, param.dtype)
+        latent = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+        return latent[0].float().cpu()
+
+    def get(self, path: Path, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
+        slot = (path, bucket, flip)
+        if slot in self._memory:
+            return self._memory[slot]
+        latent = self._from_disk(path, bucket, flip) if self.disk_dir else None
+        if latent is None:
+            self.misses += 1
+            latent = self.encode(path, bucket, flip)
+            if self.disk_dir:
+                self._to_disk(path, bucket, flip, latent)
+        else:
+            self.hits += 1
+        self._memory[slot] = latent
+        return latent
+
+    def fill(self, entries: Iterable[tuple[Path, tuple[int, int], bool]],
+             progress: Callable[[int, int], None] | None = None) -> None:
+        entries = list(entries)
+        for done, (path, bucket, flip) in enumerate(entries, 1):
+            self.get(path, bucket, flip)
+            if progress:
+                progress(done, len(entries))
+
+    def _disk_path(self, path: Path, bucket: tuple[int, int], flip: bool) -> Path:
+        key = self.key(path, bucket, flip)
+        assert self.disk_dir is not None
+        return self.disk_dir / key[:2] / f"{key}.safetensors"
+
+    def _from_disk(self, path: Path, bucket: tuple[int, int], flip: bool) -> torch.Tensor | None:
+        file = self._disk_path(path, bucket, flip)
+        try:
+            return load_file(file)["latent"]
+        except (OSError, KeyError, RuntimeError, ValueError):
+            return None  # absent or damaged: re-encode
+
+    def _to_disk(self, path: Path, bucket: tuple[int, int], flip: bool,
+                 latent: torch.Tensor) -> None:
+        file = self._disk_path(path, bucket, flip)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"latent": latent.contiguous()}, tmp)
+        os.replace(tmp, file)
+
+
+class TextEmbeddingCache:
+    """Text-encoder outputs by caption; only valid while the text encoder is frozen."""
+
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor]) -> None:
+        self._encode = encode
+        self._memory: dict[str, torch.Tensor] = {}
+
+    def fill(self, captions: Iterable[str], batch_size: int = 16) -> None:
+        todo = sorted(set(captions) - self._memory.keys())
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            with torch.no_grad():
+                embeddings = self._encode(chunk)
+            for caption, embedding in zip(chunk, embeddings):
+                self._memory[caption] = embedding
+
+    def get(self, captions: list[str]) -> torch.Tensor:
+        self.fill(captions)
+        return torch.stack([self._memory[c] for c in captions])

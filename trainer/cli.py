@@ -1,0 +1,197 @@
+"""`lora-train`: the headless front end. Same config, same engine, same event stream as the GUI.
+
+Exit codes: 0 done, 1 the run failed, 2 bad input (config, dataset, model), 130 aborted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TrainConfig
+from trainer.config_io import (ConfigError, apply_override, build_config, config_to_toml,
+                               list_presets, load_config_data, merge, parse_override,
+                               preset_path)
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and chatter would tear our own progress bar apart."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def add_job_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the job (later flags win: preset < config < flags < --set)")
+    group.add_argument("--preset", help=f"built-in preset or a TOML file ({', '.join(list_presets())})")
+    group.add_argument("--config", type=Path, help="a config TOML file")
+    group.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="SECTION.KEY=VALUE", help="override one field, e.g. network.rank=32")
+    group.add_argument("--model", type=Path, help="base model: diffusers folder or .safetensors")
+    group.add_argument("--data", type=Path, action="append", default=[],
+                       help="image folder (repeatable); kohya N_name subfolders are understood")
+    group.add_argument("--dataset-config", type=Path, help="a kohya dataset TOML file")
+    group.add_argument("--out", type=Path, help="run folder (config, events, samples, checkpoints, LoRA)")
+    group.add_argument("--name", help="output name: the LoRA file is NAME.safetensors")
+    group.add_argument("--steps", type=int, help="optimizer steps to train")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    data: dict[str, Any] = {}
+    if args.preset:
+        data = merge(data, load_config_data(preset_path(args.preset)))
+    if args.config:
+        data = merge(data, load_config_data(args.config))
+    cwd = Path.cwd()
+    short: dict[str, Any] = {}
+    if args.model:
+        short["model"] = {"path": str((cwd / args.model).resolve())}
+    if args.data:
+        short["dataset"] = {"folders": [{"path": str((cwd / d).resolve())} for d in args.data]}
+    if args.dataset_config:
+        short.setdefault("dataset", {})["kohya_config"] = str((cwd / args.dataset_config).resolve())
+    if args.out:
+        short["output"] = {"dir": str((cwd / args.out).resolve())}
+    if args.name:
+        short.setdefault("output", {})["name"] = args.name
+    if args.steps is not None:
+        short["schedule"] = {"max_train_steps": args.steps, "max_train_epochs": None}
+    data = merge(data, short)
+    for text in args.overrides:
+        parts, value = parse_override(text)
+        data = apply_override(data, parts, value)
+    return build_config(data, source="--set" if args.overrides else "")
+
+
+def run_dir_for(config: TrainConfig) -> Path:
+    return Path(config.output.dir) if config.output.dir else Path.cwd() / "runs" / config.output.name
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(config_to_toml(config_from_args(args)), end="")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from trainer.data import format_report, scan_dataset
+
+    config = config_from_args(args)
+    report = scan_dataset(config)
+    print(format_report(report))
+    return 0 if report.usable else 2
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from trainer.models import make_tiny_model
+
+    make_tiny_model(args.dir, single_file=args.single_file, seed=args.seed)
+    print(f"tiny SD 1.x model written to {args.dir}"
+          + (f" and {args.single_file}" if args.single_file else ""))
+    return 0
+
+
+def cmd_dry_run(config: TrainConfig) -> int:
+    from trainer.models import load_base_model
+    from trainer.network import apply_lora
+
+    base = load_base_model(config.model.path)
+    network = apply_lora(base.unet, base.text_encoder, config.network)
+    for name in network.layers:
+        print(name)
+    print(f"{len(network.layers)} modules, {network.trainable_parameter_count():,} trainable "
+          f"parameters (rank {config.network.rank}, alpha {config.network.alpha:g}, "
+          f"scale {config.network_scale:g})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if config.model.path is None:
+        raise ConfigError("model.path is not set: pass --model MODEL (a diffusers folder or "
+                          "a .safetensors file)")
+    if args.dry_run:
+        return cmd_dry_run(config)
+    from trainer.checkpoint import list_checkpoints
+    from trainer.loop import TrainControl, train
+    from trainer.progress import ProgressPrinter
+
+    run_dir = run_dir_for(config)
+    resume = args.resume.resolve() if args.resume else None
+    if resume is None and list_checkpoints(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+                          "or pick another --out")
+    control = TrainControl()
+    printer = ProgressPrinter()
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if control.stop.is_set():
+            raise KeyboardInterrupt  # second Ctrl+C: abort now; the last checkpoint stays
+        control.stop.set()
+        printer.note("stopping after this step (saving)... press Ctrl+C again to abort")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        lora_file = train(config, run_dir, emit=printer.handle, control=control, resume=resume,
+                          force=args.force)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        printer.close()
+    print(f"LoRA written to {lora_file}\nrun folder: {run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-train", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a LoRA")
+    add_job_flags(train)
+    train.add_argument("--resume", type=Path, help="a run folder (its newest checkpoint) or a checkpoint folder")
+    train.add_argument("--force", action="store_true", help="resume even if the config or dataset changed")
+    train.add_argument("--dry-run", action="store_true", help="print the LoRA module list and parameter count, then stop")
+    train.set_defaults(func=cmd_train)
+
+    validate = commands.add_parser("validate", help="check the dataset and print a health report")
+    add_job_flags(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    config = commands.add_parser("config", help="show the effective config")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the effective config as TOML")
+    add_job_flags(show)
+    show.set_defaults(func=cmd_config_show)
+
+    tiny = commands.add_parser("make-tiny-model", help="write a tiny random SD 1.x model for tests")
+    tiny.add_argument("dir", type=Path)
+    tiny.add_argument("--single-file", type=Path, help="also write the weights as one ldm-layout file")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_make_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("aborted; the last checkpoint is intact", file=sys.stderr)
+        return 130
+    except Exception as error:  # every failure becomes one clear message, never a traceback
+        from trainer.failures import classify
+
+        failed = classify(error)
+        text = str(error).strip() if failed.kind in ("config", "dataset", "model") else failed.message
+        print(f"error: {text}\nhint: {failed.hint}", file=sys.stderr)
+        if failed.kind == "internal" and os.environ.get("LORA_STUDIO_DEBUG"):
+            raise
+        return 2 if failed.kind in ("config", "dataset", "model") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Turning any exception from a run into a `Failed` event an artist can act on."""
+
+from __future__ import annotations
+
+from trainer.events import Failed
+
+HINTS = {
+    "dataset": "check the dataset folder; `lora-train validate` lists every file it skips and why",
+    "model": "pick an SD 1.x model: a diffusers folder or one .safetensors checkpoint",
+    "config": "fix the value named above (lora-train config show prints the whole config)",
+    "nan": "lower the learning rate or enable gradient clipping (optimizer.max_grad_norm); "
+           "the last good checkpoint is kept",
+    "out_of_memory": "lower the batch size or resolution, enable gradient checkpointing and "
+                     "latent caching, or use mixed precision fp16",
+    "internal": "this is a bug in LoRA Studio; the run folder's events.jsonl has the details",
+}
+
+
+def classify(error: BaseException) -> Failed:
+    """Map an exception to (kind, one-line message, hint)."""
+    from trainer.checkpoint import CheckpointError
+    from trainer.config_io import ConfigError
+    from trainer.data import DatasetError
+    from trainer.models import ModelError
+    from trainer.network import NetworkError
+    from trainer.optim import OptimizerError
+    from trainer.sampling import PromptError
+
+    kind = "internal"
+    if isinstance(error, DatasetError):
+        kind = "dataset"
+    elif isinstance(error, ModelError):
+        kind = "model"
+    elif isinstance(error, (ConfigError, NetworkError, OptimizerError, PromptError,
+                            CheckpointError)):
+        kind = "config"
+    elif type(error).__name__ == "NonFiniteLoss":
+        kind = "nan"
+    elif _is_out_of_memory(error):
+        kind = "out_of_memory"
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if kind == "internal":
+        message = f"{type(error).__name__}: {message}"
+    return Failed(kind=kind, message=message, hint=HINTS[kind])
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())

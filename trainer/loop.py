@@ -1,0 +1,301 @@
+"""The training loop, top to bottom: dataset -> model -> LoRA -> caches -> steps -> file.
+
+`train()` raises the typed errors of the modules it calls; `trainer.failures` turns them into a
+`Failed` event. Everything the loop reports goes through `emit` and into `events.jsonl`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.caching import LatentCache, TextEmbeddingCache, default_cache_dir
+from trainer.config import TrainConfig
+from trainer.config_io import config_to_toml
+from trainer.data import (DatasetReport, base_caption, captions_are_static, epoch_batches,
+                          sample_plan, scan_dataset)
+from trainer.events import Event, EventLog, Finished, Log, Loss, Progress, Saved, Started
+from trainer.metadata import training_metadata
+from trainer.models import load_base_model
+from trainer.network import apply_lora
+from trainer.objective import diffusion_loss, encode_text
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.sampling import PreviewRenderer, prompt_specs
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, files: list[str], value: float) -> None:
+        self.step, self.files = step, files
+        super().__init__(f"the loss became {value} at step {step} (batch: {', '.join(files)})")
+
+
+@dataclass
+class TrainControl:
+    """Requests from outside the loop, acted on at the next step boundary."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    sample_now: threading.Event = field(default_factory=threading.Event)
+    save_now: threading.Event = field(default_factory=threading.Event)
+    # Called after every optimizer step (the job process polls its command queue here).
+    on_step: Callable[[int], None] = lambda step: None
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("precision.device = 'cuda' but no CUDA GPU is visible; use 'auto'")
+    return torch.device("cuda" if choice == "cuda" or (
+        choice == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def total_steps_for(config: TrainConfig, report: DatasetReport) -> int:
+    """Optimizer steps: epochs win when set (as in kohya), else max_train_steps."""
+    if config.schedule.max_train_epochs:
+        batches = report.steps_per_epoch()
+        per_epoch = math.ceil(batches / config.schedule.gradient_accumulation_steps)
+        return config.schedule.max_train_epochs * per_epoch
+    return int(config.schedule.max_train_steps or 0)
+
+
+def train(config: TrainConfig, run_dir: Path, *, emit: Callable[[Event], None] = lambda e: None,
+          control: TrainControl | None = None, resume: Path | None = None,
+          force: bool = False) -> Path:
+    """Run one job; returns the exported LoRA file. Resumable from any checkpoint it saves."""
+    control = control or TrainControl()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = EventLog(run_dir)
+
+    def send(event: Event) -> None:
+        log.write(event)
+        emit(event)
+
+    try:
+        return _train(config, run_dir, send, control, resume, force)
+    except Exception as error:
+        from trainer.failures import classify
+        send(classify(error))  # the run folder records why it ended
+        raise
+    finally:
+        log.close()
+
+
+def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
+           control: TrainControl, resume: Path | None, force: bool) -> Path:
+    started_at = time.time()
+    cfg_toml = config_to_toml(config)
+    (run_dir / "config.toml").write_text(cfg_toml, encoding="utf-8")
+    if config.precision.threads:
+        torch.set_num_threads(config.precision.threads)
+    device = resolve_device(config.precision.device)
+
+    # 1. Dataset first: a bad folder fails in a second, before any model is loaded.
+    report = scan_dataset(config)
+    for skipped in report.skipped:
+        send(Log("warning", f"{'note' if skipped.warning else 'skipped'} {skipped.path}: "
+                            f"{skipped.reason}"))
+    total_steps = total_steps_for(config, report)
+    # A kohya dataset TOML may set these, so the report (not config.dataset) is the truth.
+    batch_size, resolution = report.settings.batch_size, report.settings.resolution[0]
+    accumulation = config.schedule.gradient_accumulation_steps
+
+    # 2. Base model, frozen; LoRA adapters on the chosen modules. Seeding first makes the
+    # adapters' initial weights (and later peft dropout) reproducible.
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        config.precision.mixed_precision) if device.type == "cuda" else None
+    if device.type == "cpu" and config.precision.mixed_precision != "no":
+        send(Log("info", "mixed precision is for CUDA GPUs; this CPU run trains in fp32"))
+    base = load_base_model(config.model.path, dtype=amp_dtype or torch.float32, device=device)
+    prediction_type = (base.prediction_type if config.model.prediction_type == "auto"
+                       else config.model.prediction_type)
+    base.noise_scheduler.register_to_config(prediction_type=prediction_type)
+    torch.manual_seed(config.schedule.seed)
+    network = apply_lora(base.unet, base.text_encoder, config.network)
+    base.vae.requires_grad_(False).eval()
+    base.unet.train()
+    base.text_encoder.train(network.text_encoder_layers != {})
+    if config.precision.gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+        if network.text_encoder_layers:
+            base.text_encoder.gradient_checkpointing_enable()
+    if config.precision.attention == "xformers" and device.type == "cuda":
+        base.unet.enable_xformers_memory_efficient_attention()
+    send(Log("info", f"LoRA on {len(network.layers)} modules, "
+                     f"{network.trainable_parameter_count():,} trainable parameters"))
+
+    # 3. Caches: after them a step costs only the U-Net (and the text encoder if trained).
+    latents = LatentCache(base.vae, background=report.settings.background_color,
+                          disk_dir=default_cache_dir() if config.precision.cache_latents_to_disk
+                          else None)
+    if config.precision.cache_latents:
+        variants = [(item.path, item.bucket, flip) for item in report.items
+                    for flip in ((False, True) if item.flip_aug else (False,))]
+        latents.fill(variants)
+
+    def text_context(captions: list[str]) -> torch.Tensor:
+        return encode_text(base.tokenizer, base.text_encoder, captions, config.model.clip_skip)
+
+    text_cache = None
+    if (not network.text_encoder_layers and config.precision.cache_text_encoder_outputs
+            and captions_are_static(report.subsets)):
+        text_cache = TextEmbeddingCache(text_context)
+        text_cache.fill(base_caption(item) for item in report.items)
+
+    # 4. Optimizer and schedule; a resume then overwrites their state with the checkpoint's.
+    optimizer = build_optimizer(config, network, device)
+    scheduler = build_scheduler(config, optimizer, total_steps)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    noise_rng = torch.Generator("cpu").manual_seed(config.schedule.seed)
+    position = ckpt.TrainingPosition(
+        step=0, epoch=0, batch_in_epoch=0, total_steps=total_steps,
+        dataset=ckpt.dataset_fingerprint([(f"{item.path.parent.name}/{item.path.name}",
+                                           item.path.stat().st_size, item.caption)
+                                          for item in report.items]),
+        config=ckpt.flatten(config.model_dump(mode="json")))
+    if resume is not None:
+        position = _restore(resume, position, network, optimizer, scheduler, scaler, noise_rng,
+                            force, send)
+    renderer = PreviewRenderer(base, network, baseline=config.sampling.baseline) \
+        if config.sampling.prompts else None
+    specs = prompt_specs(config.sampling, resolution)
+
+    def save(kind: str) -> Path:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "noise_rng": noise_rng.get_state()}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if scaler is not None:
+            state["grad_scaler"] = scaler.state_dict()
+        path = ckpt.save_checkpoint(run_dir, position, network.state_dict(), state, cfg_toml,
+                                    config.output.keep_last)
+        send(Saved(str(path), "checkpoint", position.step))
+        return path
+
+    def export() -> Path:
+        from trainer.export import write_lora_file
+        out_dir = config.output.dir or run_dir
+        meta = training_metadata(config, report, base, position, started_at, total_steps)
+        path = write_lora_file(Path(out_dir) / f"{config.output.name}.safetensors",
+                               network.state_dict(), meta, config.output.save_precision)
+        send(Saved(str(path), "lora", position.step))
+        return path
+
+    def preview() -> None:
+        if renderer is not None:
+            for sample in renderer.render_all(specs, position.step):
+                send(sample)
+
+    # 5. The loop. A step = one optimizer update over `accumulation` batches.
+    send(Started(str(run_dir), total_steps, resumed_from_step=position.step))
+    batches = epoch_batches(report.items, batch_size, config.schedule.seed, position.epoch)
+    every_sample, every_save = config.sampling.every_n_steps, config.output.save_every_n_steps
+    tick, speed = time.perf_counter(), None
+    while position.step < total_steps:
+        optimizer.zero_grad(set_to_none=True)
+        step_loss, files = 0.0, []
+        for _ in range(accumulation):
+            if position.batch_in_epoch >= len(batches):
+                position.epoch += 1
+                position.batch_in_epoch = 0
+                batches = epoch_batches(report.items, batch_size, config.schedule.seed,
+                                        position.epoch)
+                if config.output.save_every_n_epochs and \
+                        position.epoch % config.output.save_every_n_epochs == 0:
+                    save("checkpoint")
+            batch_latents, captions = [], []
+            for slot, index in enumerate(batches[position.batch_in_epoch]):
+                item = report.items[index]
+                caption, flip = sample_plan(item, config.schedule.seed, position.epoch,
+                                            position.batch_in_epoch, slot)
+                captions.append(caption)
+                batch_latents.append(latents.get(item.path, item.bucket, flip)
+                                     if config.precision.cache_latents
+                                     else latents.encode(item.path, item.bucket, flip))
+                files.append(item.path.name)
+            position.batch_in_epoch += 1
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                context = text_cache.get(captions) if text_cache else text_context(captions)
+                loss = diffusion_loss(base.unet, torch.stack(batch_latents).to(device),
+                                      context.to(device), base.noise_scheduler, noise_rng,
+                                      config.loss, prediction_type)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(position.step + 1, files, loss.item())
+            step_loss += loss.item() / accumulation
+            (scaler.scale(loss / accumulation) if scaler else loss / accumulation).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
+        if config.optimizer.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(network.parameters(), config.optimizer.max_grad_norm)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # the rate this step used
+        scheduler.step()
+        position.step += 1
+
+        now = time.perf_counter()
+        speed = 1.0 / max(now - tick, 1e-9) if speed is None else 0.9 * speed + 0.1 / max(
+            now - tick, 1e-9)
+        tick = now
+        send(Loss(position.step, step_loss, lr))
+        send(Progress(position.step, total_steps, position.epoch, speed,
+                      (total_steps - position.step) / speed))
+        control.on_step(position.step)
+        if control.sample_now.is_set() or (every_sample and position.step % every_sample == 0):
+            control.sample_now.clear()
+            preview()
+        stopping = control.stop.is_set()
+        if control.save_now.is_set() or stopping or (
+                every_save and position.step % every_save == 0 and position.step < total_steps):
+            control.save_now.clear()
+            save("checkpoint")
+        if stopping:
+            send(Log("info", f"stopped at step {position.step} of {total_steps}; "
+                             f"resume with --resume {run_dir}"))
+            break
+
+    # 6. The end (or a stop): a last checkpoint, previews, and the LoRA file.
+    if position.step >= total_steps:
+        save("checkpoint")
+        if config.sampling.at_end and not (every_sample and position.step % every_sample == 0):
+            preview()
+    lora_file = export()
+    send(Finished(str(lora_file), position.step))
+    return lora_file
+
+
+def _restore(resume: Path, now: ckpt.TrainingPosition, network, optimizer, scheduler, scaler,
+             noise_rng: torch.Generator, force: bool,
+             send: Callable[[Event], None]) -> ckpt.TrainingPosition:
+    """Load a checkpoint into the freshly built objects and return its data position."""
+    loaded = ckpt.load_checkpoint(resume)
+    differences = ckpt.resume_differences(loaded.position, now)
+    if differences and not force:
+        raise ckpt.CheckpointError(
+            f"cannot resume from {loaded.path}: " + "; ".join(differences) +
+            " (use --force to resume anyway)")
+    for difference in differences:
+        send(Log("warning", f"resuming despite a change: {difference}"))
+    network.load_state_dict(loaded.lora)
+    state = loaded.training_state
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and "grad_scaler" in state:
+        scaler.load_state_dict(state["grad_scaler"])
+    # RNG last: everything above may have consumed random numbers the original run did not.
+    torch.set_rng_state(state["torch_rng"])
+    noise_rng.set_state(state["noise_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    position = loaded.position
+    position.total_steps = now.total_steps
+    position.dataset, position.config = now.dataset, now.config
+    send(Log("info", f"resumed from {loaded.path} at step {position.step}"))
+    return position

@@ -1,0 +1,105 @@
+"""The exported file's metadata: kohya's `ss_*` training record and the modelspec keys.
+
+Names and value formats follow shared/lora-format.md (every value a string; JSON where the value
+is structured; booleans as "True"/"False"). Civitai reads `ss_tag_frequency` for its training-tags
+view; A1111 groups LoRAs by `ss_base_model_version` / `ss_v2`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+from trainer.config import TrainConfig
+from trainer.data import DatasetReport, bucket_info, dataset_dirs, tag_frequency
+from trainer.export import base_model_metadata, json_text
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def _anonymise(mapping: dict[str, object]) -> dict[str, object]:
+    """Folder names replaced by neutral ones, for the privacy switch."""
+    return {f"dataset_{index}": value for index, value in enumerate(mapping.values())}
+
+
+def training_metadata(config: TrainConfig, report: DatasetReport, base, position,
+                      started_at: float, total_steps: int) -> dict[str, str]:
+    """Everything kohya writes that applies to this run, as strings."""
+    data, net, opt, sched = report.settings, config.network, config.optimizer, config.schedule
+    width, height = data.resolution
+    first = report.subsets[0]  # kohya records one subset's caption options; so do we
+    private = config.metadata.hide_folder_names
+    dirs, tags = dataset_dirs(report), tag_frequency(report)
+    if private:
+        dirs, tags = _anonymise(dirs), _anonymise(tags)
+    batches = report.steps_per_epoch()
+    meta: dict[str, str] = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(net.rank),
+        "ss_network_alpha": f"{net.alpha:g}",
+        "ss_network_dropout": f"{net.dropout:g}",
+        "ss_network_args": json_text({"targets": {"blocks": net.blocks,
+                                                  "attention": net.attention,
+                                                  "projections": net.projections}}),
+        "ss_output_name": config.output.name,
+        "ss_training_started_at": str(int(started_at)),
+        "ss_training_finished_at": str(int(time.time())),
+        "ss_session_id": str(uuid.uuid4().int % 2**31),
+        "ss_steps": str(position.step),
+        "ss_epoch": str(position.epoch + (1 if position.batch_in_epoch else 0)),
+        "ss_num_epochs": str(max(1, -(-total_steps * sched.gradient_accumulation_steps
+                                      // max(batches, 1)))),
+        "ss_max_train_steps": str(total_steps),
+        "ss_num_train_images": str(report.total_with_repeats),
+        "ss_num_reg_images": str(report.num_reg_images),
+        "ss_num_batches_per_epoch": str(batches),
+        "ss_batch_size_per_device": str(data.batch_size),
+        "ss_total_batch_size": str(data.batch_size * sched.gradient_accumulation_steps),
+        "ss_gradient_accumulation_steps": str(sched.gradient_accumulation_steps),
+        "ss_gradient_checkpointing": str(config.precision.gradient_checkpointing),
+        "ss_learning_rate": f"{opt.learning_rate:g}",
+        "ss_unet_lr": f"{opt.learning_rate:g}",
+        "ss_text_encoder_lr": f"{config.text_encoder_lr:g}" if net.train_text_encoder else "0",
+        "ss_lr_scheduler": sched.lr_scheduler,
+        "ss_lr_warmup_steps": str(sched.lr_warmup_steps),
+        "ss_optimizer": opt.type,
+        "ss_max_grad_norm": f"{opt.max_grad_norm:g}",
+        "ss_mixed_precision": config.precision.mixed_precision,
+        "ss_seed": str(sched.seed),
+        "ss_clip_skip": str(config.model.clip_skip),
+        "ss_resolution": f"({width}, {height})",
+        "ss_enable_bucket": str(data.enable_bucket),
+        "ss_min_bucket_reso": str(data.min_bucket_reso),
+        "ss_max_bucket_reso": str(data.max_bucket_reso),
+        "ss_bucket_no_upscale": str(data.bucket_no_upscale),
+        "ss_bucket_info": json_text(bucket_info(report)),
+        "ss_cache_latents": str(config.precision.cache_latents),
+        "ss_shuffle_caption": str(first.shuffle_caption),
+        "ss_keep_tokens": str(first.keep_tokens),
+        "ss_flip_aug": str(first.flip_aug),
+        "ss_noise_offset": f"{config.loss.noise_offset:g}" if config.loss.noise_offset else "None",
+        "ss_min_snr_gamma": f"{config.loss.min_snr_gamma:g}" if config.loss.min_snr_gamma else "None",
+        "ss_caption_dropout_rate": f"{first.caption_dropout_rate:g}",
+        "ss_caption_tag_dropout_rate": f"{first.caption_tag_dropout_rate:g}",
+        "ss_dataset_dirs": json_text(dirs),
+        "ss_tag_frequency": json_text(tags),
+        "ss_sd_model_name": "base_model" if private else base.source.name,
+        "ss_new_sd_model_hash": base.source_sha256 or "",
+        "ss_training_comment": config.metadata.description,
+        "modelspec.title": config.metadata.title or config.output.name,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.date": _iso(time.time()),
+    }
+    meta.update(base_model_metadata(base.family, base.noise_scheduler.config.prediction_type))
+    for key in ("author", "description", "license", "trigger_phrase"):
+        value = getattr(config.metadata, key)
+        if value:
+            meta[f"modelspec.{key}"] = value
+    if config.metadata.tags:
+        meta["modelspec.tags"] = ", ".join(config.metadata.tags)
+    if first.trigger_word and "modelspec.trigger_phrase" not in meta:
+        meta["modelspec.trigger_phrase"] = first.trigger_word
+    return meta

@@ -1,0 +1,184 @@
+"""The LoRA network: which modules get adapters, peft injection, and kohya names.
+
+peft's `LoraLayer` does the maths (W x + scale * B A x with scale = alpha / rank); this module
+picks the targets from the config, and maps every adapter to and from its kohya key
+(`lora_unet_down_blocks_0_..._attn1_to_q.lora_down.weight`, see shared/lora-format.md).
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from trainer.config import NetworkConfig
+
+ADAPTER = "default"
+UNET_ATTENTION = re.compile(
+    r"^(?P<block>down_blocks\.(?P<down>\d+)|mid_block|up_blocks\.(?P<up>\d+))\.attentions\.\d+"
+    r"\.transformer_blocks\.\d+\.(?P<attn>attn1|attn2)\.(?P<proj>to_q|to_k|to_v|to_out\.0)$")
+TEXT_ENCODER_TARGET = re.compile(
+    r"^(text_model\.)?encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
+
+
+class NetworkError(ValueError):
+    """The chosen targets or a LoRA file do not fit the model."""
+
+
+def _block_selected(match: re.Match[str], blocks: list[str]) -> bool:
+    if match["down"] is not None:
+        kind, index = "down", match["down"]
+    elif match["up"] is not None:
+        kind, index = "up", match["up"]
+    else:
+        kind, index = "mid", "0"
+    return kind in blocks or f"{kind}.{index}" in blocks
+
+
+def select_unet_targets(module_names: list[str], network: NetworkConfig) -> list[str]:
+    """The U-Net attention projections the config picks, in model order."""
+    targets = []
+    for name in module_names:
+        match = UNET_ATTENTION.match(name)
+        if (match and _block_selected(match, network.blocks) and match["attn"] in network.attention
+                and match["proj"] in network.projections):
+            targets.append(name)
+    if not targets:
+        raise NetworkError(
+            f"no U-Net module matches blocks={network.blocks}, attention={network.attention}, "
+            f"projections={network.projections}; pick blocks that have attention layers")
+    return targets
+
+
+def select_text_encoder_targets(module_names: list[str]) -> list[str]:
+    return [name for name in module_names if TEXT_ENCODER_TARGET.match(name)]
+
+
+def kohya_name(prefix: str, module_path: str) -> str:
+    """`lora_unet_` + path with dots as underscores. Text encoder paths are written in the
+    transformers 4 layout (`text_model.encoder...`) whatever version is installed."""
+    if prefix == "lora_te" and not module_path.startswith("text_model."):
+        module_path = "text_model." + module_path
+    return f"{prefix}_{module_path.replace('.', '_')}"
+
+
+@dataclass
+class LoraNetwork:
+    """The adapters injected into a U-Net (and optionally a text encoder)."""
+
+    rank: int
+    alpha: float
+    unet_layers: dict[str, LoraLayer]      # kohya name -> peft layer
+    text_encoder_layers: dict[str, LoraLayer]
+
+    @property
+    def layers(self) -> dict[str, LoraLayer]:
+        return {**self.unet_layers, **self.text_encoder_layers}
+
+    def parameters(self, part: str = "all") -> list[nn.Parameter]:
+        """Trainable tensors in a fixed order (the optimizer's state is keyed by position)."""
+        layers = {"unet": self.unet_layers, "text_encoder": self.text_encoder_layers,
+                  "all": self.layers}[part]
+        params = []
+        for name in sorted(layers):
+            layer = layers[name]
+            params += [layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight]
+        return params
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """kohya tensors: `lora_down` = peft A [r, in], `lora_up` = peft B [out, r], `alpha`."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, layer in self.layers.items():
+            tensors[f"{name}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().to(
+                "cpu", dtype).contiguous()
+            tensors[f"{name}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().to(
+                "cpu", dtype).contiguous()
+            tensors[f"{name}.alpha"] = torch.tensor(self.alpha, dtype=dtype)
+        return tensors
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy kohya tensors into the adapters; every adapter must be filled, shapes must fit."""
+        expected = set(self.state_dict_keys())
+        missing = sorted(expected - set(tensors))
+        extra = sorted(set(tensors) - expected)
+        if missing or extra:
+            raise NetworkError(
+                f"LoRA tensors do not match the network: missing {missing[:3]}, "
+                f"unexpected {extra[:3]} ({len(missing)} missing, {len(extra)} unexpected)")
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                for kohya, weight in (("lora_down", layer.lora_A[ADAPTER].weight),
+                                      ("lora_up", layer.lora_B[ADAPTER].weight)):
+                    source = tensors[f"{name}.{kohya}.weight"]
+                    if source.shape != weight.shape:
+                        raise NetworkError(f"{name}.{kohya}.weight has shape "
+                                           f"{list(source.shape)}, the network needs "
+                                           f"{list(weight.shape)}")
+                    weight.copy_(source)
+
+    def state_dict_keys(self) -> list[str]:
+        return [f"{name}.{part}" for name in self.layers
+                for part in ("lora_down.weight", "lora_up.weight", "alpha")]
+
+    @contextmanager
+    def strength(self, multiplier: float) -> Iterator[None]:
+        """Apply the LoRA at `multiplier` x its trained strength (0 = the base model)."""
+        saved = {name: layer.scaling[ADAPTER] for name, layer in self.layers.items()}
+        try:
+            for name, layer in self.layers.items():
+                layer.scaling[ADAPTER] = saved[name] * multiplier
+            yield
+        finally:
+            for name, layer in self.layers.items():
+                layer.scaling[ADAPTER] = saved[name]
+
+
+def _inject(model: nn.Module, targets: list[str], network: NetworkConfig,
+            prefix: str) -> dict[str, LoraLayer]:
+    config = LoraConfig(r=network.rank, lora_alpha=network.alpha, lora_dropout=network.dropout,
+                        target_modules=targets, init_lora_weights=True, bias="none")
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    modules = dict(model.named_modules())
+    layers = {kohya_name(prefix, name): modules[name] for name in targets}
+    for name, layer in layers.items():
+        if not isinstance(layer, LoraLayer):
+            raise NetworkError(f"peft did not wrap {name}; got {type(layer).__name__}")
+    return layers
+
+
+def apply_lora(unet: nn.Module, text_encoder: nn.Module | None,
+               network: NetworkConfig) -> LoraNetwork:
+    """Freeze the base weights and inject adapters on the configured targets.
+
+    Targets are chosen with the base model's own random stream untouched: peft initialises
+    lora_A from torch's global RNG, so call this after seeding for reproducible runs."""
+    unet.requires_grad_(False)
+    unet_targets = select_unet_targets([n for n, _ in unet.named_modules()], network)
+    _check_rank(unet, unet_targets, network.rank)
+    unet_layers = _inject(unet, unet_targets, network, "lora_unet")
+    text_layers: dict[str, LoraLayer] = {}
+    if text_encoder is not None:
+        text_encoder.requires_grad_(False)
+        if network.train_text_encoder:
+            te_targets = select_text_encoder_targets([n for n, _ in text_encoder.named_modules()])
+            _check_rank(text_encoder, te_targets, network.rank)
+            text_layers = _inject(text_encoder, te_targets, network, "lora_te")
+    return LoraNetwork(network.rank, network.alpha, unet_layers, text_layers)
+
+
+def _check_rank(model: nn.Module, targets: list[str], rank: int) -> None:
+    modules = dict(model.named_modules())
+    narrowest = min(targets, key=lambda n: min(modules[n].in_features, modules[n].out_features))
+    width = min(modules[narrowest].in_features, modules[narrowest].out_features)
+    if rank > width:
+        raise NetworkError(f"network.rank = {rank} is larger than the narrowest layer "
+                           f"({narrowest}, width {width}); use a rank of at most {width}")
