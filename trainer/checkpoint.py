@@ -71,8 +71,12 @@ def _fsync_file(path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, position: TrainingPosition, lora: dict[str, torch.Tensor],
-                    training_state: dict[str, Any], config_toml: str, keep_last: int) -> Path:
-    """Write one checkpoint atomically, then prune to the newest `keep_last`."""
+                    training_state: dict[str, Any], config_toml: str, keep_last: int,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write one checkpoint atomically, then prune to the newest `keep_last`.
+
+    `metadata` is the exported file's training record as of this step (`metadata.json`), so
+    `lora-train export` can turn any checkpoint into a LoRA file without the dataset."""
     root = run_dir / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{position.step:06d}"
@@ -83,6 +87,8 @@ def save_checkpoint(run_dir: Path, position: TrainingPosition, lora: dict[str, t
     torch.save(training_state, tmp / "training_state.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(position), indent=1), encoding="utf-8")
     (tmp / "config.toml").write_text(config_toml, encoding="utf-8")
+    if metadata is not None:
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1), encoding="utf-8")
     for child in tmp.iterdir():
         _fsync_file(child)
     _fsync_dir(tmp)

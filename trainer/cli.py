@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--single-file", type=Path, help="also write the weights as one ldm-layout file")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_model)
+
+    from trainer.cli_lora import add_lora_commands  # export, verify, inspect
+    add_lora_commands(commands)
     return parser
 
 

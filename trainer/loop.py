@@ -116,6 +116,10 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     base.noise_scheduler.register_to_config(prediction_type=prediction_type)
     torch.manual_seed(config.schedule.seed)
     network = apply_lora(base.unet, base.text_encoder, config.network)
+    if config.network.init_from:
+        from trainer.lora_reader import init_network_from
+        init_network_from(network, config.network.init_from)
+        send(Log("info", f"started from the LoRA {config.network.init_from}"))
     base.vae.requires_grad_(False).eval()
     base.unet.train()
     base.text_encoder.train(network.text_encoder_layers != {})
@@ -171,8 +175,9 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         if scaler is not None:
             state["grad_scaler"] = scaler.state_dict()
+        meta = training_metadata(config, report, base, position, started_at, total_steps)
         path = ckpt.save_checkpoint(run_dir, position, network.state_dict(), state, cfg_toml,
-                                    config.output.keep_last)
+                                    config.output.keep_last, meta)
         send(Saved(str(path), "checkpoint", position.step))
         return path
 
