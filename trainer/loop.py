@@ -19,7 +19,7 @@ from trainer import checkpoint as ckpt
 from trainer.caching import LatentCache, TextEmbeddingCache, default_cache_dir
 from trainer.config import TrainConfig
 from trainer.config_io import config_to_toml
-from trainer.data import (DatasetReport, base_caption, captions_are_static, epoch_batches,
+from trainer.data import (DatasetError, DatasetReport, base_caption, captions_are_static, epoch_batches,
                           sample_plan, scan_dataset)
 from trainer.events import Event, EventLog, Finished, Log, Loss, Progress, Saved, Started
 from trainer.metadata import training_metadata
@@ -99,10 +99,15 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     for skipped in report.skipped:
         send(Log("warning", f"{'note' if skipped.warning else 'skipped'} {skipped.path}: "
                             f"{skipped.reason}"))
+    if not report.usable:
+        raise DatasetError(f"no usable images in {', '.join(str(s.image_dir) for s in report.subsets)}"
+                           f" ({len(report.errors)} file(s) skipped); run `lora-train validate` "
+                           "to see why each was skipped")
     total_steps = total_steps_for(config, report)
     # A kohya dataset TOML may set these, so the report (not config.dataset) is the truth.
     batch_size, resolution = report.settings.batch_size, report.settings.resolution[0]
     accumulation = config.schedule.gradient_accumulation_steps
+    specs = prompt_specs(config.sampling, resolution)  # a bad prompt line fails now, not later
 
     # 2. Base model, frozen; LoRA adapters on the chosen modules. Seeding first makes the
     # adapters' initial weights (and later peft dropout) reproducible.
@@ -111,6 +116,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     if device.type == "cpu" and config.precision.mixed_precision != "no":
         send(Log("info", "mixed precision is for CUDA GPUs; this CPU run trains in fp32"))
     base = load_base_model(config.model.path, dtype=amp_dtype or torch.float32, device=device)
+    base.vae.to(torch.float32)  # SD's VAE overflows in fp16 (kohya's --no_half_vae, always on)
     prediction_type = (base.prediction_type if config.model.prediction_type == "auto"
                        else config.model.prediction_type)
     base.noise_scheduler.register_to_config(prediction_type=prediction_type)
@@ -137,6 +143,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                           disk_dir=default_cache_dir() if config.precision.cache_latents_to_disk
                           else None)
     if config.precision.cache_latents:
+        send(Log("info", f"caching latents of {len(report.items)} images"))
         variants = [(item.path, item.bucket, flip) for item in report.items
                     for flip in ((False, True) if item.flip_aug else (False,))]
         latents.fill(variants)
@@ -165,10 +172,9 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         position = _restore(resume, position, network, optimizer, scheduler, scaler, noise_rng,
                             force, send)
     renderer = PreviewRenderer(base, network, baseline=config.sampling.baseline) \
-        if config.sampling.prompts else None
-    specs = prompt_specs(config.sampling, resolution)
+        if specs else None
 
-    def save(kind: str) -> Path:
+    def save() -> Path:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "torch_rng": torch.get_rng_state(), "noise_rng": noise_rng.get_state()}
         if device.type == "cuda":
@@ -211,7 +217,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                                         position.epoch)
                 if config.output.save_every_n_epochs and \
                         position.epoch % config.output.save_every_n_epochs == 0:
-                    save("checkpoint")
+                    save()
             batch_latents, captions = [], []
             for slot, index in enumerate(batches[position.batch_in_epoch]):
                 item = report.items[index]
@@ -260,7 +266,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         if control.save_now.is_set() or stopping or (
                 every_save and position.step % every_save == 0 and position.step < total_steps):
             control.save_now.clear()
-            save("checkpoint")
+            save()
         if stopping:
             send(Log("info", f"stopped at step {position.step} of {total_steps}; "
                              f"resume with --resume {run_dir}"))
@@ -268,7 +274,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
 
     # 6. The end (or a stop): a last checkpoint, previews, and the LoRA file.
     if position.step >= total_steps:
-        save("checkpoint")
+        save()
         if config.sampling.at_end and not (every_sample and position.step % every_sample == 0):
             preview()
     lora_file = export()

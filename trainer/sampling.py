@@ -89,12 +89,16 @@ class PreviewRenderer:
         # Sample latents on the CPU generator so a preview is the same image on any device.
         latents = torch.randn((1, self.pipeline.unet.config.in_channels, spec.height // 8,
                                spec.width // 8), generator=generator)
+        pipe = self.pipeline
         with self.network.strength(strength), torch.no_grad():
-            image = self.pipeline(
+            denoised = pipe(
                 spec.prompt, negative_prompt=spec.negative or None, width=spec.width,
                 height=spec.height, num_inference_steps=spec.steps, guidance_scale=spec.scale,
-                latents=latents.to(device, self.pipeline.unet.dtype), output_type="pil",
-            ).images[0]
+                latents=latents.to(device, pipe.unet.dtype), output_type="latent",
+            ).images
+            # Decode ourselves: the VAE stays fp32 while the U-Net may run in fp16 on CUDA.
+            decoded = pipe.vae.decode(denoised.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor)
+            image = pipe.image_processor.postprocess(decoded.sample, output_type="pil")[0]
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return buffer.getvalue()
