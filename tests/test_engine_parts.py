@@ -199,3 +199,25 @@ def test_kohya_dataset_toml_on_the_command_line(tiny_model, shapes, tmp_path: Pa
     assert cli(["validate", "--preset", "tiny-cpu", "--dataset-config", str(toml)]) == 0
     report = capsys.readouterr().out
     assert "6 images" in report and "18" in report and "9" in report  # 6 x 3 repeats / batch 2
+
+
+def test_an_image_broken_after_the_scan_is_skipped_not_fatal(tiny_model, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    import trainer.loop as loop
+
+    folder = tmp_path / "img"
+    paths = make_shapes_dataset(folder, 3)
+    real_scan = loop.scan_dataset
+
+    def scan_then_break(config):
+        report = real_scan(config)
+        paths[1].write_bytes(b"")  # the file changes between the scan and the caching
+        return report
+
+    monkeypatch.setattr(loop, "scan_dataset", scan_then_break)
+    config = tiny_config(tiny_model[0], folder, tmp_path / "run", schedule={"max_train_steps": 2})
+    assert train(config, tmp_path / "run").exists()
+    events = [json.loads(l) for l in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    warnings = [e["text"] for e in events if e["type"] == "log" and e["level"] == "warning"]
+    assert any("img01.png" in w and "could not be read" in w for w in warnings)
+    assert events[-1]["type"] == "finished"

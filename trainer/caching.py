@@ -87,12 +87,21 @@ class LatentCache:
         return latent
 
     def fill(self, entries: Iterable[tuple[Path, tuple[int, int], bool]],
-             progress: Callable[[int, int], None] | None = None) -> None:
+             progress: Callable[[int, int], None] | None = None) -> dict[Path, str]:
+        """Encode everything up front. An image that became unreadable since the scan is
+        returned as {path: reason} instead of ending the run."""
         entries = list(entries)
+        failed: dict[Path, str] = {}
         for done, (path, bucket, flip) in enumerate(entries, 1):
-            self.get(path, bucket, flip)
+            if path in failed:
+                continue
+            try:
+                self.get(path, bucket, flip)
+            except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three
+                failed[path] = f"could not be read any more ({error})"
             if progress:
                 progress(done, len(entries))
+        return failed
 
     def _disk_path(self, path: Path, bucket: tuple[int, int], flip: bool) -> Path:
         key = self.key(path, bucket, flip)

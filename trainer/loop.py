@@ -146,7 +146,12 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         send(Log("info", f"caching latents of {len(report.items)} images"))
         variants = [(item.path, item.bucket, flip) for item in report.items
                     for flip in ((False, True) if item.flip_aug else (False,))]
-        latents.fill(variants)
+        for path, reason in latents.fill(variants).items():
+            send(Log("warning", f"skipped {path}: {reason}"))
+            report.items = [item for item in report.items if item.path != path]
+        if not report.usable:
+            raise DatasetError("no image could be read while caching; run `lora-train validate`")
+        total_steps = total_steps_for(config, report)
 
     def text_context(captions: list[str]) -> torch.Tensor:
         return encode_text(base.tokenizer, base.text_encoder, captions, config.model.clip_skip)
