@@ -15,10 +15,10 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch is imported where it is used: listing checkpoints stays cheap
+    import torch
 
 CHECKPOINTS_DIR = "checkpoints"
 PREFIX = "step-"
@@ -77,6 +77,9 @@ def save_checkpoint(run_dir: Path, position: TrainingPosition, lora: dict[str, t
 
     `metadata` is the exported file's training record as of this step (`metadata.json`), so
     `lora-train export` can turn any checkpoint into a LoRA file without the dataset."""
+    import torch
+    from safetensors.torch import save_file
+
     root = run_dir / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{position.step:06d}"
@@ -131,6 +134,9 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: Path) -> LoadedCheckpoint:
+    import torch
+    from safetensors.torch import load_file
+
     folder = resolve_checkpoint(path)
     try:
         position = TrainingPosition(**json.loads((folder / "state.json").read_text("utf-8")))

@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_dry_run(config)
     from trainer.checkpoint import list_checkpoints
-    from trainer.loop import TrainControl, train
+    from trainer.jobs import Job, JobSpec
     from trainer.progress import ProgressPrinter
 
     run_dir = run_dir_for(config)
@@ -125,24 +125,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume is None and list_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                           "or pick another --out")
-    control = TrainControl()
+    job = Job(JobSpec.from_config(config, run_dir, resume, args.force))
     printer = ProgressPrinter()
+    interrupts = []
 
     def on_interrupt(signum: int, frame: object) -> None:
-        if control.stop.is_set():
-            raise KeyboardInterrupt  # second Ctrl+C: abort now; the last checkpoint stays
-        control.stop.set()
-        printer.note("stopping after this step (saving)... press Ctrl+C again to abort")
+        interrupts.append(signum)
+        if len(interrupts) == 1:
+            job.send("stop")
+            printer.note("stopping after this step (saving)... press Ctrl+C again to abort")
+        else:
+            job.kill()  # abort now: checkpoints are renamed into place, the last one stays
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        lora_file = train(config, run_dir, emit=printer.handle, control=control, resume=resume,
-                          force=args.force)
+        job.start()
+        for event in job.events():
+            printer.handle(event)
     finally:
         signal.signal(signal.SIGINT, previous)
         printer.close()
-    print(f"LoRA written to {lora_file}\nrun folder: {run_dir}")
-    return 0
+    if len(interrupts) > 1:
+        print(f"aborted; the last checkpoint in {run_dir} is intact (--resume {run_dir})",
+              file=sys.stderr)
+        return 130
+    last = job.last_event
+    if job.state == "finished":
+        print(f"LoRA written to {last.path}\nrun folder: {run_dir}")
+        if interrupts:
+            print(f"stopped early; continue with: lora-train train --resume {run_dir}")
+        return 0
+    print(f"error: {last.message}\nhint: {last.hint}", file=sys.stderr)
+    return 2 if last.kind in ("config", "dataset", "model") else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,9 +100,10 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         send(Log("warning", f"{'note' if skipped.warning else 'skipped'} {skipped.path}: "
                             f"{skipped.reason}"))
     if not report.usable:
-        raise DatasetError(f"no usable images in {', '.join(str(s.image_dir) for s in report.subsets)}"
-                           f" ({len(report.errors)} file(s) skipped); run `lora-train validate` "
-                           "to see why each was skipped")
+        where = [str(s.image_dir) for s in report.subsets] or [
+            str(f.path) for f in config.dataset.folders] or [str(config.dataset.kohya_config)]
+        raise DatasetError(f"no usable images in {', '.join(where)} ({len(report.errors)} "
+                           "file(s) skipped); run `lora-train validate` to see why")
     total_steps = total_steps_for(config, report)
     # A kohya dataset TOML may set these, so the report (not config.dataset) is the truth.
     batch_size, resolution = report.settings.batch_size, report.settings.resolution[0]

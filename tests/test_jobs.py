@@ -1,0 +1,137 @@
+"""The trainer as a child process: event stream, commands, crashes, and a queue of jobs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from synthetic import make_shapes_dataset
+from test_training import tiny_config
+from trainer.events import Failed, Finished, Loss, Progress, Sample, Saved, Started, read_events
+from trainer.jobs import Job, JobQueue, JobSpec
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("jobs") / "img"
+    make_shapes_dataset(folder, 6)
+    return folder
+
+
+def spec(tiny_model, data: Path, run: Path, steps: int, **sections) -> JobSpec:
+    config = tiny_config(tiny_model[0], data, run, schedule={"max_train_steps": steps},
+                         **sections)
+    return JobSpec.from_config(config, run)
+
+
+def test_event_order_and_schema_of_a_short_run(tiny_model, shapes, tmp_path: Path) -> None:
+    job = Job(spec(tiny_model, shapes, tmp_path / "run", 3))
+    job.start()
+    events = list(job.events())
+    kinds = [type(e) for e in events]
+    assert kinds[0] is not Failed and Started in kinds
+    assert kinds.index(Started) < kinds.index(Loss)
+    steps = [e for e in events if isinstance(e, (Loss, Progress))]
+    assert [(type(e).__name__, e.step) for e in steps] == [
+        ("Loss", 1), ("Progress", 1), ("Loss", 2), ("Progress", 2), ("Loss", 3), ("Progress", 3)]
+    assert all(e.total == 3 and e.it_per_s > 0 for e in steps if isinstance(e, Progress))
+    saved = [(e.kind, e.step) for e in events if isinstance(e, Saved)]
+    assert saved == [("checkpoint", 3), ("lora", 3)]
+    assert isinstance(events[-1], Finished) and Path(events[-1].path).exists()
+    on_disk = [e.type for e in read_events(tmp_path / "run")]
+    assert on_disk == [e.type for e in events]  # the log and the stream tell the same story
+
+
+def _wait_for(job: Job, predicate, timeout: float = 120.0) -> list:
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline and not job.done:
+        for event in job.poll(0.1):
+            seen.append(event)
+            if predicate(event):
+                return seen
+    raise AssertionError(f"condition not met; last events: {seen[-5:]}")
+
+
+def test_stop_saves_and_resume_finishes_to_the_same_weights(tiny_model, shapes,
+                                                             tmp_path: Path) -> None:
+    whole = Job(spec(tiny_model, shapes, tmp_path / "whole", 12, output={"save_precision": "fp32"}))
+    whole.start()
+    list(whole.events())
+    part = Job(spec(tiny_model, shapes, tmp_path / "part", 12, output={"save_precision": "fp32"}))
+    part.start()
+    _wait_for(part, lambda e: isinstance(e, Loss) and e.step >= 2)
+    part.send("stop")
+    rest = list(part.events())
+    assert isinstance(rest[-1], Finished) and rest[-1].step < 12
+    resumed = Job(JobSpec(part.spec.config, part.spec.run_dir, resume=part.spec.run_dir))
+    resumed.start()
+    events = list(resumed.events())
+    assert isinstance(events[-1], Finished) and events[-1].step == 12
+    a, b = load_file(whole.last_event.path), load_file(events[-1].path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pause_holds_and_resume_continues(tiny_model, shapes, tmp_path: Path) -> None:
+    job = Job(spec(tiny_model, shapes, tmp_path / "run", 400))
+    job.start()
+    _wait_for(job, lambda e: isinstance(e, Loss))
+    job.send("pause")
+    _wait_for(job, lambda e: getattr(e, "text", "").startswith("paused after step"))
+    time.sleep(1.0)
+    assert not [e for e in job.poll(0.5) if isinstance(e, Loss)]
+    job.send("resume")
+    _wait_for(job, lambda e: isinstance(e, Loss))
+    job.send("stop")
+    assert isinstance(list(job.events())[-1], Finished)
+
+
+def test_sample_now_arrives_within_one_step(tiny_model, shapes, tmp_path: Path) -> None:
+    job = Job(spec(tiny_model, shapes, tmp_path / "run", 400,
+                   sampling={"prompts": ["a red circle --d 3"], "at_end": False}))
+    job.start()
+    asked_at = _wait_for(job, lambda e: isinstance(e, Loss))[-1].step
+    job.send("sample_now")
+    sample = _wait_for(job, lambda e: isinstance(e, Sample))[-1]
+    assert sample.step <= asked_at + 2  # the step running when the command arrived, or the next
+    job.send("stop")
+    list(job.events())
+
+
+def test_a_killed_child_is_reported_within_two_seconds(tiny_model, shapes, tmp_path: Path) -> None:
+    job = Job(spec(tiny_model, shapes, tmp_path / "run", 400))
+    job.start()
+    _wait_for(job, lambda e: isinstance(e, Loss))
+    os.kill(job.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    failure = _wait_for(job, lambda e: isinstance(e, Failed), timeout=10)[-1]
+    assert time.monotonic() - killed < 2.0
+    assert failure.kind == "crashed" and "SIGKILL" in failure.message
+    assert read_events(tmp_path / "run")[-1].type == "failed"  # the run folder says so too
+
+
+def test_an_empty_dataset_fails_before_any_model_loads(tiny_model, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    job = Job(spec(tiny_model, empty, tmp_path / "run", 5))
+    job.start()
+    events = list(job.events())
+    assert isinstance(events[-1], Failed) and events[-1].kind == "dataset"
+    assert str(empty) in events[-1].message
+    assert not any("LoRA on" in getattr(e, "text", "") for e in events)  # no model was loaded
+
+
+def test_a_queue_runs_its_jobs_one_after_another(tiny_model, shapes, tmp_path: Path) -> None:
+    order = []
+    jobs = JobQueue(on_event=lambda job, event: order.append((job.spec.run_dir, event.type)))
+    first = jobs.add(spec(tiny_model, shapes, tmp_path / "a", 2))
+    second = jobs.add(spec(tiny_model, shapes, tmp_path / "b", 2))
+    jobs.run_all()
+    assert first.state == second.state == "finished"
+    runs = [run for run, kind in order if kind in ("started", "finished")]
+    assert runs == [str(tmp_path / "a")] * 2 + [str(tmp_path / "b")] * 2

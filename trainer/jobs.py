@@ -1,0 +1,181 @@
+"""Training jobs in a child process, seen as a stream of typed events.
+
+The GUI and the CLI both use this module, so it imports neither torch nor Qt: the child pays
+for torch. Two queues join parent and child: events (child -> parent) and commands (parent ->
+child, acted on at step boundaries). A child that dies without saying why (killed, segfault,
+out of memory) becomes `Failed(kind="crashed")` as soon as its exit is seen; a child that stops
+sending heartbeats becomes `Failed(kind="crashed")` too. Nothing here ever blocks forever.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from trainer.config import TrainConfig
+from trainer.events import EventLog, Failed, Finished, Heartbeat, Event
+
+COMMANDS = ("stop", "pause", "resume", "sample_now", "save_now")
+HEARTBEAT_TIMEOUT_S = 30.0  # generous: a long cache fill or model load still beats every 0.5 s
+
+
+@dataclass
+class JobSpec:
+    """What to run: a config (as plain data, so it pickles anywhere) and where."""
+
+    config: dict
+    run_dir: str
+    resume: str | None = None
+    force: bool = False
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, run_dir: Path, resume: Path | None = None,
+                    force: bool = False) -> JobSpec:
+        return cls(config.model_dump(mode="json"), str(run_dir),
+                   str(resume) if resume else None, force)
+
+
+@dataclass
+class Job:
+    """One training run in a spawned child process."""
+
+    spec: JobSpec
+    state: str = "pending"  # pending | running | finished | failed
+    last_event: Event | None = None
+    _process: mp.process.BaseProcess | None = field(default=None, repr=False)
+    _events: mp.Queue | None = field(default=None, repr=False)
+    _commands: mp.Queue | None = field(default=None, repr=False)
+    _last_seen: float = 0.0
+
+    def start(self) -> None:
+        from trainer.worker import run_job  # light module: torch is imported in the child
+
+        context = mp.get_context("spawn")
+        self._events, self._commands = context.Queue(), context.Queue()
+        self._process = context.Process(target=run_job, name="lora-studio-trainer",
+                                        args=(self.spec, self._events, self._commands),
+                                        daemon=True)
+        self._process.start()
+        self._last_seen = time.monotonic()
+        self.state = "running"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("finished", "failed")
+
+    def send(self, command: str) -> None:
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
+        if self._commands is not None and not self.done:
+            self._commands.put(command)
+
+    def poll(self, timeout: float = 0.0) -> list[Event]:
+        """Events that arrived (waiting up to `timeout` for the first one); never blocks longer."""
+        if self._events is None or self.done:
+            return []
+        out: list[Event] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                wait = max(0.0, deadline - time.monotonic()) if not out else 0.0
+                event = self._events.get(timeout=wait) if wait else self._events.get_nowait()
+            except (queue.Empty, EOFError, OSError):
+                break
+            self._last_seen = time.monotonic()
+            if not isinstance(event, Heartbeat):
+                out.append(self._note(event))
+        if not self.done:
+            out.extend(self._check_alive())
+        return out
+
+    def events(self, poll_interval: float = 0.2) -> Iterator[Event]:
+        """Every event until the job ends (for the CLI and tests)."""
+        while not self.done:
+            yield from self.poll(timeout=poll_interval)
+
+    def kill(self) -> None:
+        """Abort now (the last checkpoint stays intact: checkpoints are renamed into place)."""
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+
+    def _note(self, event: Event) -> Event:
+        self.last_event = event
+        if isinstance(event, Finished):
+            self.state = "finished"
+        elif isinstance(event, Failed):
+            self.state = "failed"
+        return event
+
+    def _check_alive(self) -> list[Event]:
+        assert self._process is not None
+        if self._process.is_alive():
+            if time.monotonic() - self._last_seen > HEARTBEAT_TIMEOUT_S:
+                self.kill()
+                return [self._crashed(f"the trainer stopped responding for "
+                                      f"{HEARTBEAT_TIMEOUT_S:.0f} s and was ended")]
+            return []
+        # Dead: drain what it managed to send, then explain its exit if it said nothing.
+        self._process.join(timeout=1)
+        late = []
+        while self._events is not None:
+            try:
+                event = self._events.get(timeout=0.05)
+            except (queue.Empty, EOFError, OSError):
+                break
+            if not isinstance(event, Heartbeat):
+                late.append(self._note(event))
+        if self.done:
+            return late
+        code = self._process.exitcode
+        how = (f"was killed by signal {signal.Signals(-code).name}" if code and code < 0
+               else f"exited with code {code}")
+        return late + [self._crashed(f"the trainer process {how} without finishing")]
+
+    def _crashed(self, message: str) -> Failed:
+        event = Failed(kind="crashed", message=message,
+                       hint="resume from the last checkpoint with --resume RUN_DIR; if it "
+                            "happens again, lower the batch size or resolution")
+        log = EventLog(Path(self.spec.run_dir))  # the child is gone: the log is ours to append
+        log.write(event)
+        log.close()
+        return self._note(event)
+
+
+class JobQueue:
+    """Jobs run one after another; `poll()` drives it (the GUI calls it from a timer)."""
+
+    def __init__(self, on_event: Callable[[Job, Event], None] = lambda job, event: None) -> None:
+        self.jobs: list[Job] = []
+        self.on_event = on_event
+
+    def add(self, spec: JobSpec) -> Job:
+        job = Job(spec)
+        self.jobs.append(job)
+        return job
+
+    @property
+    def current(self) -> Job | None:
+        return next((job for job in self.jobs if job.state == "running"), None)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        job = self.current
+        if job is None:
+            job = next((j for j in self.jobs if j.state == "pending"), None)
+            if job is None:
+                return
+            job.start()
+        for event in job.poll(timeout):
+            self.on_event(job, event)
+
+    def run_all(self, poll_interval: float = 0.2) -> None:
+        while any(not job.done for job in self.jobs):
+            self.poll(poll_interval)

@@ -1,0 +1,136 @@
+"""The trainer child process: runs one job and turns everything it says into events.
+
+`run_job` is the spawn target. This module has no import-time side effects and imports torch
+only inside `run_job`, so the parent can name the target without paying for torch.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainer.events import Event, Failed, Heartbeat, Log
+
+if TYPE_CHECKING:
+    from multiprocessing import Queue
+
+    from trainer.jobs import JobSpec
+    from trainer.loop import TrainControl
+
+HEARTBEAT_S = 0.5
+
+
+class _LogStream(io.TextIOBase):
+    """A text stream whose complete lines become `Log` events (stray prints, tqdm bars)."""
+
+    def __init__(self, emit, level: str) -> None:
+        self.emit, self.level, self.buffer_text = emit, level, ""
+
+    def write(self, text: str) -> int:
+        self.buffer_text += text.replace("\r", "\n")
+        *lines, self.buffer_text = self.buffer_text.split("\n")
+        for line in lines:
+            if line.strip():
+                self.emit(Log(self.level, line.strip()))
+        return len(text)
+
+
+class _LogHandler(logging.Handler):
+    def __init__(self, emit) -> None:
+        super().__init__(logging.WARNING)
+        self.emit_event = emit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.emit_event(Log(record.levelname.lower(), f"{record.name}: {record.getMessage()}"))
+
+
+def _silence_the_terminal(emit) -> None:
+    """Library output must not spill into the parent's terminal: C-level writes go to
+    /dev/null; Python-level prints, warnings and library logs become Log events."""
+    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                       "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                       "TQDM_DISABLE": "1"})
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    sys.stdout, sys.stderr = _LogStream(emit, "info"), _LogStream(emit, "warning")
+    warnings.showwarning = lambda message, category, *rest, **kw: emit(
+        Log("warning", f"{category.__name__}: {message}"))
+    logging.getLogger().addHandler(_LogHandler(emit))
+
+
+def _command_poller(commands: Queue, control: TrainControl, emit):
+    """Called at every step boundary: act on what the parent asked for."""
+    import queue
+
+    def poll(step: int) -> None:
+        while True:
+            try:
+                command = commands.get_nowait()
+            except (queue.Empty, OSError, EOFError):
+                return
+            if command == "stop":
+                control.stop.set()
+            elif command == "sample_now":
+                control.sample_now.set()
+            elif command == "save_now":
+                control.save_now.set()
+            elif command == "pause":
+                emit(Log("info", f"paused after step {step}"))
+                while True:  # a blocking get: a paused run burns no CPU
+                    command = commands.get()
+                    if command in ("resume", "stop"):
+                        break
+                if command == "stop":
+                    control.stop.set()
+                    return
+                emit(Log("info", f"resumed at step {step}"))
+
+    return poll
+
+
+def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
+    """Spawn target: run one job; the exit code is 0 when it finished, 1 otherwise."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to interpret
+    failed = threading.Event()
+
+    def emit(event: Event) -> None:
+        if isinstance(event, Failed):
+            failed.set()
+        events.put(event)
+
+    _silence_the_terminal(emit)
+    alive = threading.Event()
+
+    def heartbeat() -> None:
+        while not alive.wait(HEARTBEAT_S):
+            events.put(Heartbeat())
+
+    threading.Thread(target=heartbeat, name="heartbeat", daemon=True).start()
+    code = 1
+    try:
+        from trainer.config_io import build_config
+        from trainer.loop import TrainControl, train
+
+        config = build_config(spec.config)
+        control = TrainControl()
+        control.on_step = _command_poller(commands, control, emit)
+        train(config, Path(spec.run_dir), emit=emit, control=control,
+              resume=Path(spec.resume) if spec.resume else None, force=spec.force)
+        code = 0
+    except BaseException as error:  # noqa: BLE001 - every failure must reach the parent
+        if not failed.is_set():
+            from trainer.failures import classify
+            emit(classify(error))
+    finally:
+        alive.set()
+        events.close()
+        events.join_thread()  # make sure the last events are flushed before exiting
+    os._exit(code)
