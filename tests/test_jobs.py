@@ -135,3 +135,58 @@ def test_a_queue_runs_its_jobs_one_after_another(tiny_model, shapes, tmp_path: P
     assert first.state == second.state == "finished"
     runs = [run for run, kind in order if kind in ("started", "finished")]
     assert runs == [str(tmp_path / "a")] * 2 + [str(tmp_path / "b")] * 2
+
+
+def _noisy_child(events) -> None:
+    """Spawn target: what libraries do to a terminal, inside the silenced worker."""
+    import logging
+    import warnings
+
+    from trainer.worker import _silence_the_terminal
+
+    _silence_the_terminal(events.put)
+    print("a stray print")
+    warnings.warn("careful with that")
+    logging.getLogger("diffusers.loaders").warning("no LoRA keys found")
+    os.write(1, b"raw bytes from C\n")
+    os.write(2, b"progress bar 50%\r")
+
+
+def test_child_output_becomes_log_events_not_terminal_noise(capfd) -> None:
+    import multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    events = context.Queue()
+    child = context.Process(target=_noisy_child, args=(events,))
+    child.start()
+    child.join(60)
+    logs = []
+    while not events.empty():
+        logs.append(events.get(timeout=5))
+    texts = [(e.level, e.text) for e in logs]
+    assert ("info", "a stray print") in texts
+    assert ("warning", "UserWarning: careful with that") in texts
+    assert ("warning", "diffusers.loaders: no LoRA keys found") in texts
+    out, err = capfd.readouterr()
+    assert "raw bytes" not in out and "progress bar" not in err and "stray" not in out
+
+
+def test_runs_list_and_show_summarise_past_runs(tmp_path: Path, capsys) -> None:
+    from trainer.cli import main as cli
+    from trainer.events import EventLog, Log
+
+    run = tmp_path / "runs" / "a"
+    log = EventLog(run)
+    log.write(Started(str(run), 10))
+    for step in (1, 2, 3):
+        log.write(Loss(step, 1.0 / step, 1e-4))
+    log.write(Saved(str(run / "a.safetensors"), "lora", 3))
+    log.write(Finished(str(run / "a.safetensors"), 3))
+    log.close()
+    (run / "checkpoints" / "step-000003").mkdir(parents=True)
+    assert cli(["runs", "list", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.strip() == f"{run}: stopped early, step 3/10, last loss 0.3333"
+    assert cli(["runs", "show", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert f"LoRA file: {run / 'a.safetensors'}" in shown and "step-000003" in shown
+    assert f"lora-train train --resume {run}" in shown

@@ -159,6 +159,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 2 if last.kind in ("config", "dataset", "model") else 1
 
 
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    from trainer.runs import find_runs, format_summary, summarize_run
+
+    runs = find_runs(args.dir)
+    for run in runs:
+        print(format_summary(summarize_run(run)))
+    if not runs:
+        print(f"no runs under {args.dir}")
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    from trainer.runs import format_summary, summarize_run
+
+    if not (args.run_dir / "events.jsonl").exists():
+        raise ConfigError(f"{args.run_dir} is not a run folder (it has no events.jsonl)")
+    print(format_summary(summarize_run(args.run_dir), detailed=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-train", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--single-file", type=Path, help="also write the weights as one ldm-layout file")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_model)
+
+    runs = commands.add_parser("runs", help="past runs, from their event logs")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_commands.add_parser("list", help="one line per run under DIR")
+    runs_list.add_argument("dir", type=Path, nargs="?", default=Path("runs"))
+    runs_list.set_defaults(func=cmd_runs_list)
+    runs_show = runs_commands.add_parser("show", help="steps, last loss and files of one run")
+    runs_show.add_argument("run_dir", type=Path)
+    runs_show.set_defaults(func=cmd_runs_show)
 
     from trainer.cli_lora import add_lora_commands  # export, verify, inspect
     add_lora_commands(commands)

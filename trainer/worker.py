@@ -55,7 +55,7 @@ def _silence_the_terminal(emit) -> None:
     """Library output must not spill into the parent's terminal: C-level writes go to
     /dev/null; Python-level prints, warnings and library logs become Log events."""
     os.environ.update({"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                       "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                       "TRANSFORMERS_VERBOSITY": "warning", "DIFFUSERS_VERBOSITY": "warning",
                        "TQDM_DISABLE": "1"})
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -63,7 +63,18 @@ def _silence_the_terminal(emit) -> None:
     sys.stdout, sys.stderr = _LogStream(emit, "info"), _LogStream(emit, "warning")
     warnings.showwarning = lambda message, category, *rest, **kw: emit(
         Log("warning", f"{category.__name__}: {message}"))
-    logging.getLogger().addHandler(_LogHandler(emit))
+    handler = _LogHandler(emit)
+    logging.getLogger().addHandler(handler)
+    # diffusers and transformers give their loggers their own stderr handler and stop
+    # propagation when first imported: import their logging set-up now, then take it over.
+    import diffusers.utils.logging  # noqa: F401
+    import transformers.utils.logging  # noqa: F401
+
+    for name in ("diffusers", "transformers", "peft", "huggingface_hub"):
+        library = logging.getLogger(name)
+        library.handlers = [handler]
+        library.propagate = False
+        library.setLevel(logging.WARNING)
 
 
 def _command_poller(commands: Queue, control: TrainControl, emit):

@@ -1,0 +1,67 @@
+"""Summaries of past runs, read from their run folders (no torch: the GUI uses this too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.events import EVENTS_FILE, Failed, Finished, Loss, Sample, Saved, Started, read_events
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    state: str = "unknown"       # finished | failed | stopped early | running or killed
+    steps_done: int = 0
+    total_steps: int = 0
+    last_loss: float | None = None
+    failure: str = ""
+    lora_files: list[str] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+    samples: int = 0
+
+
+def summarize_run(run_dir: Path) -> RunSummary:
+    summary = RunSummary(run_dir)
+    for event in read_events(run_dir):
+        if isinstance(event, Started):
+            summary.total_steps = event.total_steps
+            summary.state = "running or killed"
+        elif isinstance(event, Loss):
+            summary.steps_done, summary.last_loss = event.step, event.loss
+        elif isinstance(event, Saved) and event.kind == "lora" and event.path not in summary.lora_files:
+            summary.lora_files.append(event.path)
+        elif isinstance(event, Sample):
+            summary.samples += 1
+        elif isinstance(event, Finished):
+            summary.state = "finished" if event.step >= summary.total_steps else "stopped early"
+        elif isinstance(event, Failed):
+            summary.state, summary.failure = "failed", f"{event.kind}: {event.message}"
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir():
+        summary.checkpoints = sorted(p.name for p in checkpoints.iterdir()
+                                     if p.is_dir() and p.name.startswith("step-"))
+    return summary
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run folders under `root` (any folder holding an events log), newest first."""
+    found = {p.parent for p in root.rglob(EVENTS_FILE)}
+    return sorted(found, key=lambda p: (p / EVENTS_FILE).stat().st_mtime, reverse=True)
+
+
+def format_summary(summary: RunSummary, *, detailed: bool = False) -> str:
+    loss = f"{summary.last_loss:.4f}" if summary.last_loss is not None else "-"
+    line = (f"{summary.run_dir}: {summary.state}, step {summary.steps_done}/"
+            f"{summary.total_steps}, last loss {loss}")
+    if not detailed:
+        return line
+    lines = [line]
+    if summary.failure:
+        lines.append(f"  why: {summary.failure}")
+    lines += [f"  LoRA file: {path}" for path in summary.lora_files]
+    lines.append(f"  checkpoints: {', '.join(summary.checkpoints) or 'none'}")
+    lines.append(f"  previews: {summary.samples}")
+    if summary.state in ("stopped early", "failed", "running or killed") and summary.checkpoints:
+        lines.append(f"  continue with: lora-train train --resume {summary.run_dir}")
+    return "\n".join(lines)
