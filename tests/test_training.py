@@ -19,7 +19,7 @@ from trainer.loop import TrainControl, train
 def tiny_config(model: Path, data: Path, out: Path, **sections) -> object:
     base = load_config_data(preset_path("tiny-cpu"))
     job = {"model": {"path": str(model)}, "dataset": {"folders": [{"path": str(data)}]},
-           "output": {"dir": str(out), "name": "tiny_lora"}}
+           "output": {"dir": str(out), "name": "tiny_lora", "verify": False}}
     for section, values in sections.items():
         job = merge(job, {section: values})
     return build_config(merge(base, job))
@@ -99,8 +99,12 @@ def test_train_200_steps_writes_the_whole_run_folder(tiny_model, tmp_path: Path,
     lora = load_file(run / "shapes.safetensors")
     assert len(lora) == 7 * 2 * 4 * 3  # 7 transformer blocks x attn1/attn2 x q/k/v/out x 3 tensors
     assert lora["lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k.alpha"].item() == 4
-    warned = [l["text"] for l in lines if l["type"] == "log" and l["level"] == "warning"]
-    assert len(warned) == 4
+    skipped = [l["text"] for l in lines if l["type"] == "log" and l["level"] == "warning"
+               and l["text"].startswith("skipped")]
+    assert len(skipped) == 4
+    verified = (run / "verify.txt").read_text()  # the CLI run keeps verification on
+    assert verified.splitlines()[-1].startswith("PASSED") and "FAIL " not in verified, verified
+    assert "diffusers" in verified  # the load-in-diffusers checks ran, not only file checks
 
 
 def test_overfitting_one_image_lowers_the_loss(tiny_model, tmp_path: Path) -> None:

@@ -183,6 +183,8 @@ class OutputConfig(Section):
     save_every_n_epochs: Annotated[int, Field(ge=1)] | None = None
     keep_last: Annotated[int, Field(ge=1, le=1000)] = 3
     save_precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    verify: bool = Field(True, description="read the exported file back and check it loads in "
+                                           "diffusers with the trained weights")
 
     @field_validator("name")
     @classmethod
@@ -207,6 +209,7 @@ class MetadataConfig(Section):
     tags: list[str] = []
     license: str = ""
     hide_folder_names: bool = Field(False, description="leave local folder names out of the file")
+    cover_image: Path | None = Field(None, description="stored downscaled as the file's thumbnail")
 
 
 class TrainConfig(BaseModel):

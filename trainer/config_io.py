@@ -20,7 +20,7 @@ from trainer.config import SCHEMA_VERSION, TrainConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 PATH_FIELDS = (("dataset", "kohya_config"), ("model", "path"), ("network", "init_from"),
-               ("output", "dir"))
+               ("output", "dir"), ("metadata", "cover_image"))
 
 
 class ConfigError(ValueError):

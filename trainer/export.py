@@ -12,13 +12,23 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save, save_file
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-BASE_VERSIONS = {"sd1": ("sd_v1", "stable-diffusion-v1/lora", False)}
+# family -> (ss_base_model_version, modelspec.architecture, ss_v2). SD 2.x shares SD 1.x's key
+# layout; SDXL needs the compvis layout (lora-format.md) and is refused until it is written.
+BASE_VERSIONS = {"sd1": ("sd_v1", "stable-diffusion-v1/lora", False),
+                 "sd2": ("sd_v2", "stable-diffusion-v2-512/lora", True),
+                 "sd2_v": ("sd_v2_v", "stable-diffusion-v2-768-v/lora", True)}
+THUMBNAIL_SIDE = 256
+
+
+class ExportError(ValueError):
+    """An export that cannot be done; the message is one line saying why and what to do."""
 
 
 def tensor_data_hashes(tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
@@ -33,8 +43,10 @@ def tensor_data_hashes(tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
 
 def base_model_metadata(family: str, prediction_type: str) -> dict[str, str]:
     """The keys A1111 groups LoRAs by, and the modelspec architecture."""
+    if family == "sd2" and prediction_type in ("v", "v_prediction"):
+        family = "sd2_v"
     if family not in BASE_VERSIONS:
-        raise ValueError(f"cannot export a LoRA for base family {family!r} yet")
+        raise ExportError(f"cannot export a LoRA for base family {family!r} yet")
     version, architecture, is_v2 = BASE_VERSIONS[family]
     return {
         "ss_base_model_version": version,
@@ -71,3 +83,134 @@ def write_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
 
 def json_text(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def cover_thumbnail(image: Path, max_side: int = THUMBNAIL_SIDE) -> str:
+    """`modelspec.thumbnail`: the image as a JPEG data URL, at most `max_side` px on its long
+    side (transparent pixels flattened on white)."""
+    import base64
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as opened:
+            picture = ImageOps.exif_transpose(opened)
+            picture.load()
+    except FileNotFoundError:
+        raise ExportError(f"cover image {image} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ExportError(f"cover image {Path(image).name} cannot be read as an image "
+                          f"({type(error).__name__}); use a PNG, JPEG or WebP file") from None
+    if picture.mode in ("RGBA", "LA", "P"):
+        picture = picture.convert("RGBA")
+        flat = Image.new("RGB", picture.size, (255, 255, 255))
+        flat.paste(picture, mask=picture.getchannel("A"))
+        picture = flat
+    else:
+        picture = picture.convert("RGB")
+    picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=88, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@dataclass
+class CheckpointExport:
+    """What `export_checkpoint` wrote, and the base model to verify it against."""
+
+    path: Path
+    base_model: Path | None       # model.path of the run's config.toml, when it still exists
+    base_model_named: str | None  # as written in config.toml (even when it no longer exists)
+
+
+def _checkpoint_config(folder: Path) -> dict:
+    import tomllib
+
+    path = folder / "config.toml"
+    if not path.exists():
+        return {}
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ExportError(f"{path} cannot be read ({error})") from None
+
+
+def _fallback_metadata(tensors: dict[str, torch.Tensor], config: dict) -> dict[str, str]:
+    """Minimal kohya metadata for a checkpoint saved without metadata.json."""
+    from trainer.models import ModelError, detect_architecture
+
+    ranks = {int(t.shape[0]) for k, t in tensors.items() if k.endswith(".lora_down.weight")}
+    alphas = {float(t) for k, t in tensors.items() if k.endswith(".alpha")}
+    model = (config.get("model") or {}).get("path")
+    if not model or not Path(model).exists():
+        raise ExportError("the checkpoint has no metadata.json and its base model is not at "
+                          f"{model or '(unset)'}; export it from a run made by this version")
+    try:
+        family = detect_architecture(Path(model))
+    except ModelError as error:
+        raise ExportError(f"the checkpoint has no metadata.json and its base model cannot be "
+                          f"read: {error}") from None
+    prediction = (config.get("model") or {}).get("prediction_type", "auto")
+    meta = {"ss_network_module": "networks.lora",
+            "ss_network_dim": str(min(ranks)) if ranks else "0",
+            "ss_network_alpha": f"{min(alphas):g}" if alphas else "0"}
+    meta.update(base_model_metadata(family, "v_prediction" if family == "sd2_v"
+                                    else prediction))
+    return meta
+
+
+def export_checkpoint(checkpoint: Path, out: Path, *, precision: str | None = None,
+                      user: dict[str, object] | None = None, cover: Path | None = None,
+                      hide_folder_names: bool | None = None) -> CheckpointExport:
+    """Turn a checkpoint folder (or a run folder: its newest checkpoint) into the LoRA file.
+
+    `user` holds MetadataConfig fields to set (title, author, description, trigger_phrase,
+    tags, license); `precision` defaults to the run's output.save_precision (fp16)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from trainer.checkpoint import CheckpointError, resolve_checkpoint
+    from trainer.metadata import apply_user_metadata
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise ExportError(f"{checkpoint} does not exist; pass a run folder or a "
+                          "checkpoints/step-NNNNNN folder")
+    try:
+        folder = resolve_checkpoint(checkpoint)
+    except CheckpointError as error:
+        raise ExportError(str(error).replace("to resume from", "to export")) from None
+    try:
+        tensors = load_file(folder / "lora.safetensors")
+    except (OSError, SafetensorError) as error:
+        raise ExportError(f"{folder / 'lora.safetensors'} cannot be read ({error})") from None
+    config = _checkpoint_config(folder)
+    meta_path = folder / "metadata.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text("utf-8"))
+        except (OSError, ValueError) as error:
+            raise ExportError(f"{meta_path} cannot be read ({error})") from None
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ExportError(f"{meta_path} is not a map of strings; the checkpoint is damaged")
+    else:
+        meta = _fallback_metadata(tensors, config)
+    precision = precision or (config.get("output") or {}).get("save_precision") or "fp16"
+    if precision not in SAVE_DTYPES:
+        raise ExportError(f"precision {precision!r} is not one of {', '.join(SAVE_DTYPES)}")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ExportError(f"{out.name}: the LoRA file must end in .safetensors")
+    meta = dict(meta)
+    meta["ss_output_name"] = out.stem
+    meta = apply_user_metadata(meta, user or {},
+                               thumbnail=cover_thumbnail(cover) if cover else None,
+                               hide_folder_names=bool(hide_folder_names))
+    meta.pop("sshs_model_hash", None)
+    meta.pop("sshs_legacy_hash", None)
+    write_lora_file(out, tensors, meta, precision)
+    named = (config.get("model") or {}).get("path")
+    base = Path(named) if named and Path(named).exists() else None
+    return CheckpointExport(out, base, named)

@@ -117,7 +117,8 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     if device.type == "cpu" and config.precision.mixed_precision != "no":
         send(Log("info", "mixed precision is for CUDA GPUs; this CPU run trains in fp32"))
     base = load_base_model(config.model.path, dtype=amp_dtype or torch.float32, device=device)
-    base.vae.to(torch.float32)  # SD's VAE overflows in fp16 (kohya's --no_half_vae, always on)
+    if base.vae.dtype != torch.float32:
+        base.vae.to(torch.float32)  # SD's VAE overflows in fp16 (kohya's --no_half_vae, always)
     prediction_type = (base.prediction_type if config.model.prediction_type == "auto"
                        else config.model.prediction_type)
     base.noise_scheduler.register_to_config(prediction_type=prediction_type)
@@ -194,12 +195,21 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         return path
 
     def export() -> Path:
-        from trainer.export import write_lora_file
-        out_dir = config.output.dir or run_dir
-        meta = training_metadata(config, report, base, position, started_at, total_steps)
-        path = write_lora_file(Path(out_dir) / f"{config.output.name}.safetensors",
+        from trainer.export import cover_thumbnail, write_lora_file
+        from trainer.metadata import apply_user_metadata
+        user = config.metadata
+        meta = apply_user_metadata(
+            training_metadata(config, report, base, position, started_at, total_steps),
+            user.model_dump(include={"title", "author", "description", "trigger_phrase",
+                                     "tags", "license"}),
+            thumbnail=cover_thumbnail(user.cover_image) if user.cover_image else None,
+            hide_folder_names=user.hide_folder_names)
+        path = write_lora_file(Path(config.output.dir or run_dir) /
+                               f"{config.output.name}.safetensors",
                                network.state_dict(), meta, config.output.save_precision)
         send(Saved(str(path), "lora", position.step))
+        if config.output.verify:
+            _verify(path, config.model.path, run_dir, send)
         return path
 
     def preview() -> None:
@@ -286,6 +296,16 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     lora_file = export()
     send(Finished(str(lora_file), position.step))
     return lora_file
+
+
+def _verify(path: Path, base_path: Path, run_dir: Path, send: Callable[[Event], None]) -> None:
+    """Read the file back the way other tools will; the report lands in `verify.txt`. A failed
+    check is an error in the log, not a failed run: the file is written and stays inspectable."""
+    from trainer.verify import verify_lora_file
+
+    report = verify_lora_file(path, base_path)
+    (run_dir / "verify.txt").write_text(report.format() + "\n", encoding="utf-8")
+    send(Log("info" if report.ok else "error", report.summary()))
 
 
 def _restore(resume: Path, now: ckpt.TrainingPosition, network, optimizer, scheduler, scaler,

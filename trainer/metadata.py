@@ -7,6 +7,7 @@ view; A1111 groups LoRAs by `ss_base_model_version` / `ss_v2`.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import datetime, timezone
@@ -103,3 +104,54 @@ def training_metadata(config: TrainConfig, report: DatasetReport, base, position
     if first.trigger_word and "modelspec.trigger_phrase" not in meta:
         meta["modelspec.trigger_phrase"] = first.trigger_word
     return meta
+
+
+USER_FIELDS = ("title", "author", "description", "trigger_phrase", "tags", "license")
+MAX_USER_TEXT = 20_000  # characters per field; Civitai shows far less
+
+
+def anonymise_folder_names(meta: dict[str, str]) -> dict[str, str]:
+    """The privacy switch applied to a finished record: folder names in ss_dataset_dirs and
+    ss_tag_frequency become dataset_0, dataset_1, ...; the base model's file name goes."""
+    out = dict(meta)
+    for key in ("ss_dataset_dirs", "ss_tag_frequency"):
+        if key in out:
+            try:
+                value = json.loads(out[key])
+            except ValueError:
+                value = None
+            out[key] = json_text(_anonymise(value)) if isinstance(value, dict) else "{}"
+    if "ss_sd_model_name" in out:
+        out["ss_sd_model_name"] = "base_model"
+    return out
+
+
+def apply_user_metadata(meta: dict[str, str], user: dict[str, object], *,
+                        thumbnail: str | None = None,
+                        hide_folder_names: bool = False) -> dict[str, str]:
+    """Set the artist-facing modelspec fields (MetadataConfig names: title, author,
+    description, trigger_phrase, tags, license) and the cover; empty values are left alone."""
+    out = dict(meta)
+    for key, value in user.items():
+        if key not in USER_FIELDS:
+            raise ValueError(f"unknown metadata field {key!r}; use one of {', '.join(USER_FIELDS)}")
+        if value in (None, "", [], ()):
+            continue
+        if key == "tags":
+            items = [value] if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+            text = ", ".join(str(t).strip() for t in items if str(t).strip())
+        else:
+            text = str(value).strip()
+        if len(text) > MAX_USER_TEXT:
+            raise ValueError(f"metadata {key} is {len(text):,} characters; keep it under "
+                             f"{MAX_USER_TEXT:,}")
+        if not text:
+            continue
+        out[f"modelspec.{key}"] = text
+        if key == "description":
+            out["ss_training_comment"] = text
+    if thumbnail:
+        out["modelspec.thumbnail"] = thumbnail
+    if hide_folder_names:
+        out = anonymise_folder_names(out)
+    return out

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.events import Event, Failed, Heartbeat, Log
+from trainer.events import Event, EventLog, Failed, Heartbeat, Log
 
 if TYPE_CHECKING:
     from multiprocessing import Queue
@@ -117,7 +117,13 @@ def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
             failed.set()
         events.put(event)
 
-    _silence_the_terminal(emit)
+    disk = EventLog(Path(spec.run_dir))  # library output is part of the run's record too
+
+    def emit_library_output(event: Event) -> None:
+        disk.write(event)
+        emit(event)
+
+    _silence_the_terminal(emit_library_output)
     alive = threading.Event()
 
     def heartbeat() -> None:
@@ -142,6 +148,7 @@ def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
             emit(classify(error))
     finally:
         alive.set()
+        disk.close()
         events.close()
         events.join_thread()  # make sure the last events are flushed before exiting
     os._exit(code)
