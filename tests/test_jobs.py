@@ -164,9 +164,9 @@ def test_child_output_becomes_log_events_not_terminal_noise(capfd) -> None:
     while not events.empty():
         logs.append(events.get(timeout=5))
     texts = [(e.level, e.text) for e in logs]
-    assert ("info", "a stray print") in texts
-    assert ("warning", "UserWarning: careful with that") in texts
-    assert ("warning", "diffusers.loaders: no LoRA keys found") in texts
+    assert ("library", "stdout: a stray print") in texts
+    assert ("library", "UserWarning: careful with that") in texts
+    assert ("library", "warning diffusers.loaders: no LoRA keys found") in texts
     out, err = capfd.readouterr()
     assert "raw bytes" not in out and "progress bar" not in err and "stray" not in out
 

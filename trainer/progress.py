@@ -34,8 +34,8 @@ class ProgressPrinter:
             self.bar.refresh()
         elif isinstance(event, Log) and event.level in ("warning", "error"):
             self.note(f"{event.level}: {event.text}")
-        elif isinstance(event, Log):
-            self.note(event.text)
+        elif isinstance(event, Log) and event.level != "library":  # libraries' chatter stays in
+            self.note(event.text)                                   # events.jsonl only
         elif isinstance(event, Saved):
             self.note(f"saved {event.kind}: {event.path}")
         elif isinstance(event, Sample):

@@ -25,20 +25,22 @@ if TYPE_CHECKING:
     from trainer.loop import TrainControl
 
 HEARTBEAT_S = 0.5
+# The Log level of what libraries print or warn: kept in the record, hidden by the CLI.
+LIBRARY = "library"
 
 
 class _LogStream(io.TextIOBase):
     """A text stream whose complete lines become `Log` events (stray prints, tqdm bars)."""
 
-    def __init__(self, emit, level: str) -> None:
-        self.emit, self.level, self.buffer_text = emit, level, ""
+    def __init__(self, emit, stream: str) -> None:
+        self.emit, self.stream, self.buffer_text = emit, stream, ""
 
     def write(self, text: str) -> int:
         self.buffer_text += text.replace("\r", "\n")
         *lines, self.buffer_text = self.buffer_text.split("\n")
         for line in lines:
             if line.strip():
-                self.emit(Log(self.level, line.strip()))
+                self.emit(Log(LIBRARY, f"{self.stream}: {line.strip()}"))
         return len(text)
 
 
@@ -48,7 +50,8 @@ class _LogHandler(logging.Handler):
         self.emit_event = emit
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.emit_event(Log(record.levelname.lower(), f"{record.name}: {record.getMessage()}"))
+        self.emit_event(Log(LIBRARY, f"{record.levelname.lower()} {record.name}: "
+                                     f"{record.getMessage()}"))
 
 
 def _silence_the_terminal(emit) -> None:
@@ -60,9 +63,9 @@ def _silence_the_terminal(emit) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
-    sys.stdout, sys.stderr = _LogStream(emit, "info"), _LogStream(emit, "warning")
+    sys.stdout, sys.stderr = _LogStream(emit, "stdout"), _LogStream(emit, "stderr")
     warnings.showwarning = lambda message, category, *rest, **kw: emit(
-        Log("warning", f"{category.__name__}: {message}"))
+        Log(LIBRARY, f"{category.__name__}: {message}"))
     handler = _LogHandler(emit)
     logging.getLogger().addHandler(handler)
     # diffusers and transformers give their loggers their own stderr handler and stop
