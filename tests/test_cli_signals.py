@@ -1,0 +1,69 @@
+"""Ctrl+C in `lora-train train`: once = stop, save, exit 0; twice = abort, last checkpoint kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synthetic import make_shapes_dataset
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sig") / "img"
+    make_shapes_dataset(folder, 4)
+    return folder
+
+
+def start_training(tiny_model, shapes: Path, run: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "trainer.cli", "train", "--preset", "tiny-cpu", "--model",
+               str(tiny_model[0]), "--data", str(shapes), "--out", str(run), "--steps", "5000",
+               "--set", "output.save_every_n_steps=5", "--set", "output.verify=false"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def wait_for_step(run: Path, step: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = run / "events.jsonl"
+        if log.exists() and any(json.loads(line).get("type") == "loss" and
+                                json.loads(line)["step"] >= step
+                                for line in log.read_text().splitlines() if line.endswith("}")):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def test_one_ctrl_c_stops_saves_and_exits_0(tiny_model, shapes, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    process = start_training(tiny_model, shapes, run)
+    wait_for_step(run, 3)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert f"LoRA written to {run / 'my_lora.safetensors'}" in out
+    assert f"--resume {run}" in out
+    assert (run / "my_lora.safetensors").exists()
+    assert list((run / "checkpoints").glob("step-*/state.json"))
+
+
+def test_two_ctrl_c_abort_and_keep_the_last_checkpoint(tiny_model, shapes, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    process = start_training(tiny_model, shapes, run)
+    wait_for_step(run, 7)  # a checkpoint at step 5 exists by now
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # two presses, not one coalesced signal
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "aborted" in err and f"--resume {run}" in err
+    from trainer.checkpoint import load_checkpoint
+    assert load_checkpoint(run).position.step >= 5  # loads: not half-written
