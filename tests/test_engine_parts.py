@@ -221,3 +221,21 @@ def test_an_image_broken_after_the_scan_is_skipped_not_fatal(tiny_model, tmp_pat
     warnings = [e["text"] for e in events if e["type"] == "log" and e["level"] == "warning"]
     assert any("img01.png" in w and "could not be read" in w for w in warnings)
     assert events[-1]["type"] == "finished"
+
+
+def test_init_from_flag_continues_from_an_existing_lora(tiny_model, shapes, tmp_path: Path,
+                                                        capsys) -> None:
+    from safetensors.torch import load_file
+
+    first = tiny_config(tiny_model[0], shapes, tmp_path / "a", schedule={"max_train_steps": 3},
+                        output={"save_precision": "fp32"})
+    earlier = load_file(train(first, tmp_path / "a"))
+    second = tiny_config(tiny_model[0], shapes, tmp_path / "b", schedule={"max_train_steps": 1},
+                         optimizer={"learning_rate": 1e-12}, output={"save_precision": "fp32"},
+                         network={"init_from": str(tmp_path / "a" / "tiny_lora.safetensors")})
+    continued = load_file(train(second, tmp_path / "b"))
+    key = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"
+    assert earlier[key].abs().max() > 0
+    assert torch.allclose(continued[key], earlier[key], atol=1e-6)  # started where `a` ended
+    assert cli(["config", "show", "--init-from", str(tmp_path / "a" / "tiny_lora.safetensors")]) == 0
+    assert f'init_from = "{tmp_path / "a" / "tiny_lora.safetensors"}"' in capsys.readouterr().out

@@ -39,6 +39,8 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--out", type=Path, help="run folder (config, events, samples, checkpoints, LoRA)")
     group.add_argument("--name", help="output name: the LoRA file is NAME.safetensors")
     group.add_argument("--steps", type=int, help="optimizer steps to train")
+    group.add_argument("--init-from", type=Path, help="start from an existing LoRA file (same "
+                                                      "rank and targets)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -59,6 +61,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         short["output"] = {"dir": str((cwd / args.out).resolve())}
     if args.name:
         short.setdefault("output", {})["name"] = args.name
+    if args.init_from:
+        short["network"] = {"init_from": str((cwd / args.init_from).resolve())}
     if args.steps is not None:
         short["schedule"] = {"max_train_steps": args.steps, "max_train_epochs": None}
     data = merge(data, short)
