@@ -27,17 +27,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-MAX_HEADER_BYTES = 100 * 1000 * 1000
+from trainer.models.safetensors_header import (
+    DTYPE_SIZES, SafetensorsError, TensorInfo, parse_header,
+)
+
 MAX_METADATA_CHARS = 1_000_000  # per value; a 256 px JPEG thumbnail is ~30 000
-SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
-                      "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+# the safetensors dtypes a LoRA file may use (the unsigned U16/U32/U64 are refused)
+SAFETENSORS_DTYPES = {k: v for k, v in DTYPE_SIZES.items() if k not in ("U16", "U32", "U64")}
 DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
@@ -75,10 +77,7 @@ class LoraFileError(ValueError):
     """A file that cannot be read as a LoRA; the message is one line saying why."""
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    dtype: str                 # safetensors name: F16, BF16, F32, ...
-    shape: tuple[int, ...]
+TensorEntry = TensorInfo  # one header entry: dtype (safetensors name: F16, BF16, ...), shape
 
 
 @dataclass
@@ -374,41 +373,40 @@ def normalise_key(key: str) -> tuple[str, str, str] | None:
 
 # --- reading ----------------------------------------------------------------------------
 
+# what `inspect` / `verify` / `--init-from` say for each kind of header problem
+_HEADER_MESSAGES = {
+    "folder": "{name} is a folder, not a .safetensors file",
+    "missing": "{path} does not exist",
+    "unreadable": "{name} cannot be read ({reason})",
+    "empty": "{name} is empty or truncated; it is not a .safetensors file",
+    "too_big": "{name} is not a LoRA file: its header claims {n:,} bytes "
+               "(more than the {max:,} allowed)",
+    "short": "{name} is truncated or not a .safetensors file",
+    "not_json": "{name} is not a .safetensors file (its header is not JSON)",
+    "not_object": "{name} is not a .safetensors file (its header is not an object)",
+    "bad_entry": "{name} is damaged (bad header entry for {key!r})",
+    "dtype": "{name} stores {key!r} as {dtype}, which LoRA Studio cannot read",
+    "wrong_size": "{name} is damaged (tensor {key!r} has the wrong size)",
+    "truncated": "{name} is truncated (it ends before tensor {key!r})",
+}
+
+
 def read_header(path: Path) -> tuple[int, dict[str, TensorEntry], dict[str, str], list[str]]:
-    """(N, tensor entries, metadata, warnings) with every safety check done; no tensor data read."""
+    """(N, tensor entries, metadata, warnings) with every safety check done; no tensor data read.
+
+    The header itself is checked by the shared parser (trainer.models.safetensors_header); on top
+    of it a LoRA's metadata values must be strings, and long ones are cut with a warning."""
     path = Path(path)
+    try:
+        header = parse_header(path, SAFETENSORS_DTYPES)
+    except SafetensorsError as error:
+        raise LoraFileError(error.message(_HEADER_MESSAGES)) from None
     name = path.name
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise LoraFileError(f"{name} is empty or truncated; it is not a .safetensors file")
-            n = int.from_bytes(prefix, "little")
-            if n > MAX_HEADER_BYTES:
-                raise LoraFileError(f"{name} is not a LoRA file: its header claims {n:,} bytes "
-                                    f"(more than the {MAX_HEADER_BYTES:,} allowed)")
-            if n < 2 or 8 + n > size:
-                raise LoraFileError(f"{name} is truncated or not a .safetensors file")
-            raw = handle.read(n)
-    except IsADirectoryError:
-        raise LoraFileError(f"{name} is a folder, not a .safetensors file") from None
-    except FileNotFoundError:
-        raise LoraFileError(f"{path} does not exist") from None
-    except OSError as error:
-        raise LoraFileError(f"{name} cannot be read ({error.strerror or error})") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise LoraFileError(f"{name} is not a .safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise LoraFileError(f"{name} is not a .safetensors file (its header is not an object)")
-    warnings: list[str] = []
-    metadata_raw = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata_raw, dict):
+    if not isinstance(header.metadata, dict):
         raise LoraFileError(f"{name}: its __metadata__ is not a string-to-string map")
+    warnings: list[str] = []
     metadata: dict[str, str] = {}
-    for key, value in metadata_raw.items():
+    for key, value in header.metadata.items():
         if not isinstance(value, str):
             raise LoraFileError(
                 f"{name}: metadata {key!r} is {type(value).__name__} {json.dumps(value)[:40]}, "
@@ -418,24 +416,7 @@ def read_header(path: Path) -> tuple[int, dict[str, TensorEntry], dict[str, str]
                             f"only the first {MAX_METADATA_CHARS:,} were read")
             value = value[:MAX_METADATA_CHARS]
         metadata[key] = value
-    data_len = size - 8 - n
-    entries: dict[str, TensorEntry] = {}
-    for key, info in header.items():
-        try:
-            dtype = info["dtype"]
-            shape = tuple(int(d) for d in info["shape"])
-            start, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise LoraFileError(f"{name} is damaged (bad header entry for {key!r})") from None
-        if dtype not in SAFETENSORS_DTYPES:
-            raise LoraFileError(f"{name} stores {key!r} as {dtype}, which LoRA Studio cannot read")
-        if start < 0 or end - start != math.prod(shape) * SAFETENSORS_DTYPES[dtype] \
-                or any(d < 0 for d in shape):
-            raise LoraFileError(f"{name} is damaged (tensor {key!r} has the wrong size)")
-        if end > data_len:
-            raise LoraFileError(f"{name} is truncated (it ends before tensor {key!r})")
-        entries[key] = TensorEntry(dtype, shape)
-    return n, entries, metadata, warnings
+    return header.header_bytes, header.tensors, metadata, warnings
 
 
 def _hashes(path: Path, header_end: int) -> tuple[str, str]:

@@ -90,12 +90,26 @@ def _write_json(path: Path, data: dict) -> None:
 def make_tiny_model(out_dir: Path, *, single_file: Path | None = None, seed: int = 0) -> None:
     """Write a tiny random SD 1.x model as a diffusers folder at ``out_dir``; with
     ``single_file``, also the same weights as one ldm-layout fp32 .safetensors."""
+    write_random_model(out_dir, tiny_unet_config(), tiny_vae_config(), tiny_text_config(),
+                       single_file=single_file, seed=seed)
+
+
+def make_sd15_random_model(out_dir: Path, *, seed: int = 0) -> None:
+    """The real SD 1.5 layout and widths with random weights (benchmarks; ~4 GB on disk)."""
+    write_random_model(out_dir, defaults.strip_private(defaults.sd15_unet_config()),
+                       defaults.strip_private(defaults.sd15_vae_config()),
+                       defaults.strip_private(defaults.sd15_text_config()), seed=seed)
+
+
+def write_random_model(out_dir: Path, unet_cfg: dict, vae_cfg: dict, text_cfg: dict, *,
+                       single_file: Path | None = None, seed: int = 0) -> None:
+    """Build U-Net, VAE and CLIP text encoder from configs with seeded random weights and save
+    them as a diffusers folder (and optionally one ldm-layout file)."""
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    unet_cfg, vae_cfg, text_cfg = tiny_unet_config(), tiny_vae_config(), tiny_text_config()
 
     torch.manual_seed(seed)
     unet = build_unet(unet_cfg, empty=False)
