@@ -156,7 +156,7 @@ def fused_against_trained(pipe, trained_tensors: dict[str, torch.Tensor],
 def test_round_trip_through_diffusers(trained, tiny_model, precision: str, capsys) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from trainer.verify import _module_paths, _unet_output
+    from trainer.verify_base import _module_paths, _unet_output
 
     if precision == "fp16":
         path = trained["fp16"]  # the loop's own end-of-training export

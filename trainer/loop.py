@@ -135,8 +135,12 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         base.unet.enable_gradient_checkpointing()
         if network.text_encoder_layers:
             base.text_encoder.gradient_checkpointing_enable()
-    if config.precision.attention == "xformers" and device.type == "cuda":
-        base.unet.enable_xformers_memory_efficient_attention()
+    if config.precision.attention == "xformers":
+        import importlib.util
+        if device.type == "cuda" and importlib.util.find_spec("xformers"):
+            base.unet.enable_xformers_memory_efficient_attention()
+        else:  # SDPA is the default and nearly as fast; never fail a run over this
+            send(Log("info", "xformers needs CUDA and the xformers package; using SDPA"))
     send(Log("info", f"LoRA on {len(network.layers)} modules, "
                      f"{network.trainable_parameter_count():,} trainable parameters"))
 

@@ -94,7 +94,7 @@ class VerifyReport:
                 f"{first.name}: {first.detail}")
 
 
-def _few(items: list[str], n: int = 3) -> str:
+def few(items: list[str], n: int = 3) -> str:
     shown = ", ".join(items[:n])
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
@@ -123,7 +123,7 @@ def check_file(lora: LoraFile, report: VerifyReport) -> dict[str, dict[str, str]
     report.add("key names", not bad and bool(keys),
                f"all {len(keys)} keys follow lora-format.md" if keys and not bad else
                "the file has no tensors" if not keys else
-               f"{len(bad)} keys outside the kohya grammar: {_few(bad)}")
+               f"{len(bad)} keys outside the kohya grammar: {few(bad)}")
 
     modules = _modules(lora)
     incomplete = []
@@ -133,7 +133,7 @@ def check_file(lora: LoraFile, report: VerifyReport) -> dict[str, dict[str, str]
                 incomplete.append(f"{name}.{part}")
     report.add("three tensors per module", not incomplete and bool(modules),
                f"{len(modules)} modules, each with lora_down, lora_up and alpha" if not incomplete
-               else f"missing {_few(incomplete)}"
+               else f"missing {few(incomplete)}"
                + (" (a missing alpha is read as scale 1 by every loader)"
                   if any(k.endswith(".alpha") for k in incomplete) else ""))
 
@@ -163,7 +163,7 @@ def check_file(lora: LoraFile, report: VerifyReport) -> dict[str, dict[str, str]
             shape_problems.append(f"{name}.alpha has shape {list(alpha.shape)}, not []")
     report.add("rank pairs", not shape_problems,
                f"lora_down [r, in] and lora_up [out, r] agree in {len(ranks)} modules"
-               if not shape_problems else _few(shape_problems, 2))
+               if not shape_problems else few(shape_problems, 2))
 
     _check_metadata(lora, modules, ranks, report)
     _check_hashes(lora, report)
@@ -226,7 +226,7 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
                    and not wrong else
                    f"ss_network_alpha = {meta['ss_network_alpha']!r} is not a number"
                    if alpha is None else
-                   f"ss_network_alpha = {alpha:g} but {_few(wrong, 2)}")
+                   f"ss_network_alpha = {alpha:g} but {few(wrong, 2)}")
     # the three base-version keys must agree with each other (and with the base, later)
     version, v2, arch = (meta.get("ss_base_model_version"), meta.get("ss_v2"),
                          meta.get("modelspec.architecture"))
@@ -264,229 +264,6 @@ def _check_hashes(lora: LoraFile, report: VerifyReport) -> None:
                f"sshs_legacy_hash = {stored_legacy} but the tensors give {legacy}")
 
 
-# --- rules against the base model -------------------------------------------------------
-
-def _module_paths(pipe) -> dict[str, tuple[str, str]]:
-    """kohya name -> (component, module path) for every Linear / Conv2d of the pipeline."""
-    from torch import nn
-
-    from trainer.network import kohya_name
-
-    found = {}
-    for component, prefix in (("unet", "lora_unet"), ("text_encoder", "lora_te")):
-        for path, module in getattr(pipe, component).named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                found[kohya_name(prefix, path)] = (component, path)
-    return found
-
-
-def _check_base(lora: LoraFile, modules: dict[str, dict[str, str]], base,
-                report: VerifyReport) -> None:
-    from trainer.export import ExportError, base_model_metadata
-
-    meta = lora.metadata
-    try:
-        expected = base_model_metadata(base.family, base.prediction_type)
-    except ExportError as error:
-        report.add("base model version", False, str(error))
-    else:
-        wrong = [f"{key} = {meta.get(key)!r} (the base needs {expected[key]!r})"
-                 for key in ("ss_base_model_version", "ss_v2", "modelspec.architecture")
-                 if meta.get(key) != expected[key]]
-        report.add("base model version", not wrong,
-                   f"{expected['ss_base_model_version']} / {expected['modelspec.architecture']} "
-                   f"matches the {base.family} base" if not wrong else _few(wrong, 3))
-    _check_shapes(lora, modules, base, report)
-
-
-def _check_shapes(lora: LoraFile, modules: dict[str, dict[str, str]], owner,
-                  report: VerifyReport) -> None:
-    from torch import nn
-
-    paths = _module_paths(owner)
-    named = {"unet": dict(owner.unet.named_modules()),
-             "text_encoder": dict(owner.text_encoder.named_modules())}
-    problems = []
-    for name, parts in sorted(modules.items()):
-        if name not in paths:
-            problems.append(f"{name} is not a Linear or Conv2d of the base model")
-            continue
-        component, path = paths[name]
-        layer = named[component][path]
-        down = lora.entries.get(parts.get("lora_down.weight", ""))
-        up = lora.entries.get(parts.get("lora_up.weight", ""))
-        if down is None or up is None:
-            continue
-        r = down.shape[0]
-        if isinstance(layer, nn.Linear):
-            want_down, want_up = (r, layer.in_features), (layer.out_features, r)
-        else:
-            k = tuple(layer.kernel_size)
-            want_down, want_up = (r, layer.in_channels, *k), (layer.out_channels, r, 1, 1)
-        if tuple(down.shape) != want_down:
-            problems.append(f"{parts['lora_down.weight']} is {list(down.shape)}, the base needs "
-                            f"{list(want_down)}")
-        if tuple(up.shape) != want_up:
-            problems.append(f"{parts['lora_up.weight']} is {list(up.shape)}, the base needs "
-                            f"{list(want_up)}")
-    report.add("shapes match the base model", not problems and bool(modules),
-               f"{len(modules)} modules fit {lora.path.name}'s base" if not problems and modules
-               else "no modules" if not modules else _few(problems, 2))
-
-
-def _build_pipeline(base_model_path: Path, base):
-    """diffusers' own pipeline of the base: `from_pretrained` for a folder, the components our
-    loader built for a single file (diffusers would need the hub for its configs)."""
-    import torch
-    from diffusers import StableDiffusionPipeline
-
-    if Path(base_model_path).is_dir():
-        try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                base_model_path, safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False, dtype=torch.float32)
-            return pipe, "StableDiffusionPipeline.from_pretrained"
-        except Exception as error:  # a folder diffusers cannot read alone: use our loader
-            note = f"from_pretrained failed ({type(error).__name__}); LoRA Studio's loader"
-    else:
-        note = "LoRA Studio's single-file loader"
-    if base.unet is None:
-        from trainer.models import load_base_model
-
-        base = load_base_model(Path(base_model_path))
-    pipe = StableDiffusionPipeline(
-        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
-        scheduler=base.noise_scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    return pipe, note
-
-
-def _unet_output(unet):
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    size = 8
-    sample = torch.randn(1, unet.config.in_channels, size, size, generator=generator)
-    context = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator)
-    with torch.no_grad():
-        return unet(sample, torch.tensor([500]), context).sample
-
-
-def _text_output(text_encoder, tokenizer):
-    import torch
-
-    ids = tokenizer(["a painting of a lighthouse at dusk"], padding="max_length",
-                    max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        return text_encoder(ids)[0]
-
-
-def _max_diff(a, b) -> float:
-    return float((a.double() - b.double()).abs().max())
-
-
-def _check_diffusers(lora: LoraFile, modules: dict[str, dict[str, str]], base_model_path: Path,
-                     base, report: VerifyReport) -> None:
-    import torch
-    from peft.tuners.lora import LoraLayer
-
-    pipe, how = _build_pipeline(base_model_path, base)
-    paths = _module_paths(pipe)
-    named = {"unet": dict(pipe.unet.named_modules()),
-             "text_encoder": dict(pipe.text_encoder.named_modules())}
-    targets = {name: paths[name] for name in modules if name in paths}
-    with torch.no_grad():
-        originals = {name: named[c][p].weight.detach().clone() for name, (c, p) in targets.items()}
-    has_unet = any(c == "unet" for c, _ in targets.values())
-    has_text = any(c == "text_encoder" for c, _ in targets.values())
-    unet_before = _unet_output(pipe.unet) if has_unet else None
-    text_before = _text_output(pipe.text_encoder, pipe.tokenizer) if has_text else None
-
-    try:
-        pipe.load_lora_weights(str(lora.path), adapter_name=ADAPTER)
-    except Exception as error:
-        report.add("diffusers loads the file", False,
-                   f"{how}.load_lora_weights raised {type(error).__name__}: "
-                   f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}")
-        return
-    named = {"unet": dict(pipe.unet.named_modules()),
-             "text_encoder": dict(pipe.text_encoder.named_modules())}
-    layers = {name: named[c].get(p) for name, (c, p) in targets.items()}
-    not_loaded = sorted(n for n, layer in layers.items()
-                        if not (isinstance(layer, LoraLayer) and ADAPTER in layer.lora_A))
-    counts = {c: sum(1 for n, (cc, _) in targets.items() if cc == c and n not in not_loaded)
-              for c in ("unet", "text_encoder")}
-    text_note = ""
-    if not_loaded and all(targets[n][0] == "text_encoder" for n in not_loaded):
-        import transformers
-
-        text_note = (f" (diffusers did not apply the lora_te_text_model_* keys to this "
-                     f"transformers {transformers.__version__} CLIPTextModel, whose modules are "
-                     f"{'text_model.' if hasattr(pipe.text_encoder, 'text_model') else ''}"
-                     "encoder.layers.*)")
-    report.add("diffusers loads every module", not not_loaded and bool(targets),
-               f"{how}: load_lora_weights put adapters on {counts['unet']} U-Net and "
-               f"{counts['text_encoder']} text-encoder modules" if not not_loaded else
-               f"{len(not_loaded)} of {len(targets)} modules were not loaded by diffusers: "
-               f"{_few(not_loaded)}{text_note}")
-
-    loaded = [n for n in targets if n not in not_loaded]
-    if has_unet:
-        pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
-        full = _unet_output(pipe.unet)
-        pipe.set_adapters([ADAPTER], adapter_weights=[0.0])
-        zero = _unet_output(pipe.unet)
-        scale = float(unet_before.abs().max()) or 1.0
-        changed, same = _max_diff(full, unet_before), _max_diff(zero, unet_before)
-        report.add("U-Net output changes at strength 1", changed > 1e-5 * scale,
-                   f"max |difference| {changed:.3g} from the base (fixed seed)"
-                   if changed > 1e-5 * scale else
-                   f"max |difference| {changed:.3g}: the LoRA does nothing to the U-Net")
-        report.add("U-Net output equals the base at strength 0", same <= 1e-6 * scale,
-                   f"max |difference| {same:.3g}")
-    if has_text:
-        pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
-        full = _text_output(pipe.text_encoder, pipe.tokenizer)
-        pipe.set_adapters([ADAPTER], adapter_weights=[0.0])
-        zero = _text_output(pipe.text_encoder, pipe.tokenizer)
-        scale = float(text_before.abs().max()) or 1.0
-        changed, same = _max_diff(full, text_before), _max_diff(zero, text_before)
-        report.add("text-encoder output changes at strength 1", changed > 1e-5 * scale,
-                   f"max |difference| {changed:.3g} from the base"
-                   if changed > 1e-5 * scale else
-                   f"max |difference| {changed:.3g}: the LoRA does nothing to the text encoder")
-        report.add("text-encoder output equals the base at strength 0", same <= 1e-6 * scale,
-                   f"max |difference| {same:.3g}")
-    pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
-
-    if not loaded:
-        return
-    components = [c for c in ("unet", "text_encoder") if counts[c]]
-    pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=[ADAPTER])
-    worst_name, worst, failures = "", 0.0, []
-    for name in loaded:
-        component, path = targets[name]
-        layer = layers[name]
-        fused = (layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer).weight
-        module = lora.modules.get(name)
-        if module is None or module.down is None or module.up is None:
-            failures.append(f"{name}: the file's tensors cannot be read back")
-            continue
-        expected = originals[name].double() + module.delta(torch.float64).reshape(
-            originals[name].shape)
-        error = _max_diff(fused.detach(), expected)
-        tolerance = WEIGHT_RTOL * max(1.0, float(expected.abs().max()))
-        if error > tolerance:
-            failures.append(f"{name}: max |fused - (W0 + alpha/r * up @ down)| = {error:.3g} "
-                            f"(alpha {module.effective_alpha:g}, r {module.rank})")
-        if error >= worst:
-            worst_name, worst = name, error
-    report.add("fused weights = W0 + (alpha/r) up @ down", not failures,
-               f"{len(loaded)} modules, max |error| {worst:.2g} ({worst_name})" if not failures
-               else f"{len(failures)} of {len(loaded)} modules differ: {_few(failures, 2)}")
-
-
 def verify_lora_file(path: Path | str, base_model_path: Path | str | None = None) -> VerifyReport:
     """Every check lora-format.md implies. Raises LoraFileError when the file cannot be read at
     all and ModelError when the base model cannot be loaded; everything else is a Check."""
@@ -499,16 +276,17 @@ def verify_lora_file(path: Path | str, base_model_path: Path | str | None = None
                               "weights, outputs): no base model given")
         return report
     from trainer.models import load_base_model
+    from trainer.verify_base import check_base, check_diffusers
 
     base = load_base_model(Path(base_model_path))
-    _check_base(lora, modules, base, report)
+    check_base(lora, modules, base, report)
     if base.family not in ("sd1", "sd2", "sd2_v"):
         report.skipped.append(f"diffusers checks: {base.family} pipelines are not verified yet")
         return report
     if Path(base_model_path).is_dir():
         base.unet = base.text_encoder = None  # free them: the pipeline loads its own copy
     try:
-        _check_diffusers(lora, modules, Path(base_model_path), base, report)
+        check_diffusers(lora, modules, Path(base_model_path), base, report)
     except Exception as error:  # a loader crash is a failed check, not a crash of verify
         message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         report.add("diffusers checks", False, f"stopped by {type(error).__name__}: {message}")
