@@ -30,13 +30,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets" / "sd15"
 RANK, ALPHA = 4, 2.0  # alpha != rank: a loader that drops alpha is caught
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and lose a lot when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- golden names: the real SD 1.5 layout, no weights ------------------------------------

@@ -27,13 +27,7 @@ WIDTH = {"down_blocks.0": 320, "down_blocks.1": 320, "mid_block": 1280, "up_bloc
          "up_blocks.3": 320}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and lose a lot when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shapes(path: str, rank: int) -> tuple[list[int], list[int]]:
