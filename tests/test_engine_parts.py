@@ -239,3 +239,16 @@ def test_init_from_flag_continues_from_an_existing_lora(tiny_model, shapes, tmp_
     assert torch.allclose(continued[key], earlier[key], atol=1e-6)  # started where `a` ended
     assert cli(["config", "show", "--init-from", str(tmp_path / "a" / "tiny_lora.safetensors")]) == 0
     assert f'init_from = "{tmp_path / "a" / "tiny_lora.safetensors"}"' in capsys.readouterr().out
+
+
+def test_epoch_checkpoints_land_on_step_boundaries(tiny_model, shapes, tmp_path: Path) -> None:
+    # 6 images, batch 2 -> 3 batches per epoch; accumulation 2 -> epochs end mid-step.
+    config = tiny_config(tiny_model[0], shapes, tmp_path, dataset={"batch_size": 2},
+                         schedule={"max_train_steps": 6, "gradient_accumulation_steps": 2},
+                         output={"save_every_n_epochs": 1, "keep_last": 10})
+    train(config, tmp_path)
+    states = [json.loads(p.read_text()) for p in sorted((tmp_path / "checkpoints").glob(
+        "step-*/state.json"))]
+    # batches consumed at each save: 4 (epoch 1 ended at 3), 6 (epoch 2 ended), 10, 12 (end)
+    assert [(s["step"], s["epoch"] * 3 + s["batch_in_epoch"]) for s in states] == [
+        (2, 4), (3, 6), (5, 10), (6, 12)]

@@ -225,7 +225,13 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     send(Started(str(run_dir), total_steps, resumed_from_step=position.step))
     batches = epoch_batches(report.items, batch_size, config.schedule.seed, position.epoch)
     every_sample, every_save = config.sampling.every_n_steps, config.output.save_every_n_steps
+    every_epochs = config.output.save_every_n_epochs
     tick, speed = time.perf_counter(), None
+
+    def epochs_done() -> int:
+        return position.epoch + (1 if position.batch_in_epoch >= len(batches) else 0)
+
+    saved_epochs = epochs_done()
     while position.step < total_steps:
         optimizer.zero_grad(set_to_none=True)
         step_loss, files = 0.0, []
@@ -235,9 +241,6 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                 position.batch_in_epoch = 0
                 batches = epoch_batches(report.items, batch_size, config.schedule.seed,
                                         position.epoch)
-                if config.output.save_every_n_epochs and \
-                        position.epoch % config.output.save_every_n_epochs == 0:
-                    save()
             batch_latents, captions = [], []
             for slot, index in enumerate(batches[position.batch_in_epoch]):
                 item = report.items[index]
@@ -283,9 +286,14 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
             control.sample_now.clear()
             preview()
         stopping = control.stop.is_set()
-        if control.save_now.is_set() or stopping or (
+        # Epoch saves happen here, at a step boundary, so they resume exactly (an epoch can end
+        # in the middle of an accumulated step).
+        epoch_due = (every_epochs and epochs_done() > saved_epochs
+                     and epochs_done() % every_epochs == 0)
+        if control.save_now.is_set() or stopping or epoch_due or (
                 every_save and position.step % every_save == 0 and position.step < total_steps):
             control.save_now.clear()
+            saved_epochs = epochs_done()
             save()
         if stopping:
             send(Log("info", f"stopped at step {position.step} of {total_steps}; "
