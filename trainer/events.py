@@ -48,7 +48,7 @@ class Progress(Event):
     type: ClassVar[str] = "progress"
     step: int
     total: int
-    epoch: int
+    epoch: int  # 0-based index of the epoch the next batch comes from
     it_per_s: float
     eta_s: float
 
