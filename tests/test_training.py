@@ -122,6 +122,31 @@ def test_overfitting_one_image_lowers_the_loss(tiny_model, tmp_path: Path) -> No
     assert last < 0.75 * first, (first, last)
 
 
+@pytest.mark.slow
+def test_overfitting_one_image_on_a_pretrained_tiny_model_halves_the_loss(tmp_path: Path,
+                                                                         one_thread) -> None:
+    """The issue's criterion, on a base that already denoises (about a minute on 2 cores)."""
+    from pretrain import make_pretrained_tiny_model
+    from synthetic import shape_image
+
+    pretraining = make_pretrained_tiny_model(tmp_path / "base", steps=400)
+    assert sum(pretraining[-50:]) < 0.5 * sum(pretraining[:50])  # the base learned shapes
+    new = tmp_path / "one"
+    new.mkdir()
+    shape_image("green", "square", (30, 30, 120), seed=99).save(new / "x.png")  # unseen colours
+    (new / "x.txt").write_text("a green square, navy background")
+    config = tiny_config(tmp_path / "base", new, tmp_path / "run",
+                         schedule={"max_train_steps": 300, "seed": 3},
+                         network={"rank": 8, "alpha": 8.0}, optimizer={"learning_rate": 3e-3},
+                         precision={"threads": 1})
+    train(config, tmp_path / "run")
+    values = [loss for _, loss, _ in losses(tmp_path / "run")]
+    first, last = sum(values[:30]) / 30, sum(values[-60:]) / 60
+    print(f"pretraining {sum(pretraining[:50]) / 50:.3f} -> {sum(pretraining[-50:]) / 50:.3f}; "
+          f"LoRA overfit {first:.3f} -> {last:.3f}")
+    assert last < 0.5 * first, (first, last)
+
+
 def test_stop_and_resume_is_bit_identical(tiny_model, dataset, tmp_path: Path) -> None:
     settings = dict(schedule={"max_train_steps": 20, "lr_scheduler": "cosine",
                               "lr_warmup_steps": 3, "seed": 11},
