@@ -1,28 +1,256 @@
-"""`lora-studio`: the desktop window. The GUI process never imports torch (see DESIGN.md)."""
+"""`lora-studio`: the desktop window. The GUI process never imports torch (see DESIGN.md).
+
+One TrainConfig is edited by every section through the Binder; the sidebar switches sections;
+the Presets menu loads built-in presets and TOML files; File > Open run shows a past run.
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from PySide6.QtWidgets import QApplication, QLabel, QMainWindow
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QApplication, QFileDialog, QHBoxLayout, QListWidget, QMainWindow,
+                               QMessageBox, QStackedWidget, QWidget)
+
+from app.binding import Binder
+from app.loss_plot import preload_in_background
+from app.session import load_session, recent_files, remember_file, save_session, settings
+from app.section_network import NetworkSection
+from app.section_run import RunSection
+from app.sections_setup import DatasetSection, ModelSection
+from app.sections_training import ExportSection, SamplesSection, TrainingSection
+from trainer.config import TrainConfig
+from trainer.config_io import (ConfigError, build_config, list_presets, load_config_data,
+                               preset_path, save_config)
+
+SECTIONS = ("Dataset", "Base model", "Network", "Training", "Samples", "Run", "Export")
 
 
 class MainWindow(QMainWindow):
-    """The main window; its sections arrive with the GUI work (issue: desktop application)."""
-
-    def __init__(self) -> None:
+    def __init__(self, config: TrainConfig | None = None, remember: bool = False) -> None:
+        """`remember`: restore the last session's settings and save them on close."""
         super().__init__()
+        self.remember = remember
+        if remember and config is None:
+            config = load_session()
         self.setWindowTitle("LoRA Studio")
-        self.resize(1200, 760)
-        placeholder = QLabel("LoRA Studio - use `lora-train` for now; the window's sections "
-                             "are being built.")
-        placeholder.setMargin(24)
-        self.setCentralWidget(placeholder)
+        self.resize(1280, 740)
+        self.setMinimumSize(900, 560)
+        self.binder = Binder(config or TrainConfig(), self)
+        self.dataset = DatasetSection(self.binder)
+        self.model = ModelSection(self.binder)
+        self.network = NetworkSection(self.binder)
+        self.training = TrainingSection(self.binder)
+        self.samples = SamplesSection(self.binder)
+        self.run = RunSection(self.binder, self.start_problems)
+        self.export = ExportSection(self.binder)
+        self.model.listeners.append(self.network.set_model_info)
+        self.model.listeners.append(lambda info: self.run.update_buttons())
+        self.network.set_model_info(self.model.info)
+        self.run.monitor.gallery.cover_requested.connect(self._use_as_cover)
+        self.run.monitor.saved.connect(lambda _: self._run_dir_changed())
+        self.run.monitor.finished.connect(lambda _: self._run_dir_changed())
+        self.pages = dict(zip(SECTIONS, (self.dataset, self.model, self.network, self.training,
+                                         self.samples, self.run, self.export)))
+        self.sidebar = QListWidget()
+        self.sidebar.addItems(SECTIONS)
+        self.sidebar.setFixedWidth(150)
+        self.stack = QStackedWidget()
+        for page in self.pages.values():
+            self.stack.addWidget(page)
+        self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
+        self.sidebar.setCurrentRow(0)
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.addWidget(self.sidebar)
+        layout.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+        self.config_path: Path | None = None
+        self._build_menus()
+        if remember:
+            runs = settings().value("runs_folder", "")
+            if runs:
+                self.run.runs_folder.setText(str(runs))
+        self.statusBar().showMessage("Ready")
+        self.binder.errors_changed.connect(self._show_error_count)
+
+    # -- navigation ------------------------------------------------------------------------
+    def show_section(self, name: str) -> QWidget:
+        self.sidebar.setCurrentRow(SECTIONS.index(name))
+        return self.pages[name]
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.binder.config
+
+    def start_problems(self) -> list[str]:
+        """Why Start is disabled (empty when training can start)."""
+        problems = [f"{key}: {message}" for key, message in self.binder.errors.items()]
+        config = self.binder.config
+        if config.model.path is None:
+            problems.append("pick a base model (Base model section)")
+        elif not self.model.info.usable:
+            problems.append(self.model.info.message)
+        if not config.dataset.folders and config.dataset.kohya_config is None:
+            problems.append("add a folder of images (Dataset section)")
+        return problems
+
+    def _show_error_count(self) -> None:
+        count = len(self.binder.errors)
+        self.statusBar().showMessage(f"{count} setting(s) need fixing" if count else "Ready")
+
+    # -- menus -----------------------------------------------------------------------------
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        self._action(file_menu, "Open settings...", self._ask_open_config, QKeySequence.Open)
+        self._action(file_menu, "Save settings as...", self._ask_save_config, QKeySequence.SaveAs)
+        self.recent_menu = file_menu.addMenu("Recent settings")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        file_menu.addSeparator()
+        self._action(file_menu, "Open run folder...", self._ask_open_run, "Ctrl+R")
+        file_menu.addSeparator()
+        self._action(file_menu, "Quit", self.close, QKeySequence.Quit)
+        presets = self.menuBar().addMenu("&Presets")
+        for name in list_presets():
+            self._action(presets, name, lambda n=name: self.load_preset(n))
+        presets.addSeparator()
+        self._action(presets, "Load preset file...", self._ask_open_config)
+        self._action(presets, "Save as preset...", lambda: self._ask_save_config(only_changes=True))
+        self.presets_menu = presets
+        run_menu = self.menuBar().addMenu("&Run")
+        self._action(run_menu, "Start", self.run.start, "Ctrl+Return")
+        self._action(run_menu, "Stop and save", self.run.stop, "Ctrl+.")
+        self._action(run_menu, "Add to queue", self.run.add_to_queue)
+        self._action(run_menu, "Resume a stopped run...", self._ask_resume)
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for path in recent_files():
+            self._action(self.recent_menu, path, lambda p=path: self.load_config_file(Path(p)))
+        if not self.recent_menu.actions():
+            self.recent_menu.addAction("(none yet)").setEnabled(False)
+
+    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(lambda *_: slot())
+        menu.addAction(action)
+        return action
+
+    # -- presets and files -----------------------------------------------------------------
+    def load_preset(self, name: str) -> None:
+        self.load_config_file(preset_path(name), remember=False)
+
+    def load_config_file(self, path: Path, remember: bool = True) -> bool:
+        try:
+            config = build_config(load_config_data(Path(path)), source=str(path))
+        except ConfigError as error:
+            box = QMessageBox(QMessageBox.Warning, "Can't load these settings",
+                              f"{path} can't be loaded:\n\n{error}", parent=self)
+            box.setTextFormat(Qt.PlainText)  # values from the file are never rich text
+            self.last_message = box
+            box.open()
+            return False
+        self.binder.load(config)
+        if remember:
+            self.config_path = Path(path)
+            if self.remember:
+                remember_file(Path(path))
+        self.statusBar().showMessage(f"Loaded {path}")
+        return True
+
+    def save_config_file(self, path: Path, only_changes: bool = False) -> None:
+        save_config(self.binder.config, Path(path), only_changes=only_changes)
+        if self.remember:
+            remember_file(Path(path))
+        self.statusBar().showMessage(f"Saved {path}")
+
+    def _ask_open_config(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open settings", "", "Settings (*.toml)")
+        if path:
+            self.load_config_file(Path(path))
+
+    def _ask_save_config(self, only_changes: bool = False) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save settings", "", "Settings (*.toml)")
+        if path:
+            self.save_config_file(Path(path), only_changes=only_changes)
+
+    def _ask_open_run(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a run folder")
+        if path:
+            self.open_run(Path(path))
+
+    def open_run(self, run_dir: Path) -> None:
+        self.run.open_run(run_dir)
+        self.run.monitor.run_dir = str(run_dir)  # where it is now, not where it ran
+        self._run_dir_changed()
+        self.show_section("Run")
+
+    def _ask_resume(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Resume which run folder?")
+        if path:
+            self.resume_run(Path(path))
+
+    def resume_run(self, run_dir: Path) -> bool:
+        """Load the settings the run used (its config.toml), then continue it."""
+        config_file = Path(run_dir) / "config.toml"
+        if config_file.exists() and not self.load_config_file(config_file, remember=False):
+            return False
+        self.show_section("Run")
+        return self.run.resume(Path(run_dir)) is not None
+
+    def _run_dir_changed(self) -> None:
+        if self.run.monitor.run_dir:
+            self.export.exporter.set_run_dir(self.run.monitor.run_dir)
+
+    def _use_as_cover(self, sample) -> None:
+        if self.run.monitor.run_dir and sample.file:
+            path = str(Path(self.run.monitor.run_dir) / sample.file)
+            self.binder.set_value("metadata", "cover_image", path)
+            self.binder.load(self.binder.config)
+            self.statusBar().showMessage(f"Cover image: {path}")
+
+    # -- closing ---------------------------------------------------------------------------
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        if not getattr(self, "_preloading", None):
+            self._preloading = preload_in_background()
+        super().showEvent(event)
+
+    def ask_close(self) -> str:
+        """'stop' (stop and save, then close) or 'wait' (keep training, window stays)."""
+        box = QMessageBox(self)
+        box.setWindowTitle("Training is running")
+        box.setText("Training is still running. Stop it and save the LoRA, or keep it running?")
+        stop = box.addButton("Stop and save", QMessageBox.AcceptRole)
+        box.addButton("Keep training", QMessageBox.RejectRole)
+        box.exec()
+        return "stop" if box.clickedButton() is stop else "wait"
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        if self.run.running:
+            event.ignore()
+            if self.ask_close() == "stop":
+                self.run.stop()
+                self.statusBar().showMessage("Stopping: the window closes when the LoRA is saved.")
+                self.run.state_changed.connect(lambda state: self.close() if state in
+                                               ("finished", "failed") else None)
+            return
+        self.dataset.health.stop()
+        self.dataset.thumbnails.stop()
+        if self.remember:
+            save_session(self.binder.config)
+            settings().setValue("runs_folder", self.run.runs_folder.text())
+        event.accept()
 
 
 def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
-    window = MainWindow()
+    app.setApplicationName("LoRA Studio")
+    app.setStyle("Fusion")  # Fusion follows the system's light or dark colour scheme
+    window = MainWindow(remember=True)
     window.show()
     return app.exec()
 

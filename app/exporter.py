@@ -1,0 +1,135 @@
+"""Export any saved checkpoint of a run as the LoRA file, and show the verification report.
+
+The export needs torch, so it runs `python -m trainer.cli export ...` as a child process
+(QProcess): the window never loads torch and never waits on it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QProcess, Qt, Signal
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
+                               QVBoxLayout, QWidget)
+
+from app.binding import Binder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def checkpoints_of(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, newest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")),
+                  reverse=True)
+
+
+def export_arguments(binder: Binder, checkpoint: Path, out: Path) -> list[str]:
+    """The `lora-train export` command line for the config's export settings."""
+    meta, output = binder.config.metadata, binder.config.output
+    args = ["-m", "trainer.cli", "export", str(checkpoint), "--out", str(out),
+            "--precision", output.save_precision]
+    for flag, value in (("--title", meta.title), ("--author", meta.author),
+                        ("--description", meta.description), ("--trigger", meta.trigger_phrase),
+                        ("--license", meta.license)):
+        if value:
+            args += [flag, value]
+    for tag in meta.tags:
+        args += ["--tag", tag]
+    if meta.cover_image:
+        args += ["--cover", str(meta.cover_image)]
+    if meta.hide_folder_names:
+        args.append("--hide-folder-names")
+    if not output.verify:
+        args.append("--no-verify")
+    return args
+
+
+class Exporter(QWidget):
+    """Checkpoint picker + Export button + the report the export printed."""
+
+    finished = Signal(int, str)  # exit code, the file written
+
+    def __init__(self, binder: Binder) -> None:
+        super().__init__()
+        self.binder = binder
+        self.run_dir: Path | None = None
+        self.process: QProcess | None = None
+        self.out: Path | None = None
+        self.checkpoint = QComboBox()
+        self.checkpoint.setToolTip("Which saved step to export; an earlier one may look better "
+                                   "than the last if the LoRA overcooked.")
+        self.checkpoint.setMinimumWidth(260)
+        self.button = QPushButton("Export LoRA file")
+        self.button.setToolTip("Write the .safetensors file with the settings above, then check it.")
+        self.button.clicked.connect(self.export)
+        self.where = QLabel("Open or finish a run to export one of its checkpoints.")
+        self.where.setTextFormat(Qt.PlainText)
+        self.where.setWordWrap(True)
+        self.report = QPlainTextEdit()
+        self.report.setReadOnly(True)
+        self.report.setPlaceholderText("The export and verification report appears here.")
+        self.report.setMinimumHeight(110)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Checkpoint"))
+        row.addWidget(self.checkpoint, 1)
+        row.addWidget(self.button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.where)
+        layout.addLayout(row)
+        layout.addWidget(self.report)
+        self.set_run_dir(None)
+
+    def set_run_dir(self, run_dir: Path | str | None) -> None:
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.checkpoint.clear()
+        for path in checkpoints_of(self.run_dir) if self.run_dir else []:
+            self.checkpoint.addItem(f"step {int(path.name.split('-')[1])}", str(path))
+        has = self.checkpoint.count() > 0
+        self.button.setEnabled(has and self.process is None)
+        if self.run_dir is not None:
+            self.where.setText(f"Run: {self.run_dir}" if has else
+                               f"Run: {self.run_dir} (no checkpoints saved yet)")
+
+    def target(self) -> Path | None:
+        if self.run_dir is None or self.checkpoint.currentIndex() < 0:
+            return None
+        output = self.binder.config.output
+        folder = Path(output.dir) if output.dir else self.run_dir
+        latest = self.checkpoint.currentIndex() == 0
+        step = int(Path(self.checkpoint.currentData()).name.split("-")[1])
+        return folder / (f"{output.name}.safetensors" if latest else
+                         f"{output.name}-step{step}.safetensors")
+
+    def export(self) -> bool:
+        out = self.target()
+        if out is None or self.process is not None:
+            return False
+        self.out = out
+        self.report.setPlainText(f"Exporting to {out} ...\n")
+        self.process = QProcess(self)
+        self.process.setWorkingDirectory(str(ROOT))
+        self.process.setProcessChannelMode(QProcess.MergedChannels)
+        self.process.readyReadStandardOutput.connect(self._read)
+        self.process.finished.connect(self._done)
+        self.process.start(sys.executable, export_arguments(self.binder, Path(
+            self.checkpoint.currentData()), out))
+        self.button.setEnabled(False)
+        return True
+
+    def _read(self) -> None:
+        text = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        self.report.moveCursor(self.report.textCursor().MoveOperation.End)
+        self.report.insertPlainText(text)
+
+    def _done(self, code: int, status) -> None:
+        self._read()
+        self.report.appendPlainText("Done: the file is ready." if code == 0 else
+                                    f"Export failed (exit code {code}); see above.")
+        self.process = None
+        self.button.setEnabled(self.checkpoint.count() > 0)
+        self.finished.emit(code, str(self.out))

@@ -1,0 +1,75 @@
+"""Small layout helpers shared by the sections: a scrolling form page and a folding group."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QFormLayout, QGroupBox, QLabel, QScrollArea, QToolButton,
+                               QVBoxLayout, QWidget)
+
+
+class Page(QScrollArea):
+    """A section page: a title, a sentence about it, then a form; scrolls on small screens."""
+
+    def __init__(self, title: str, intro: str = "") -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.NoFrame)
+        inner = QWidget()
+        self.body = QVBoxLayout(inner)
+        self.body.setAlignment(Qt.AlignTop)
+        heading = QLabel(title)
+        heading.setTextFormat(Qt.PlainText)
+        font = heading.font()
+        font.setPointSizeF(font.pointSizeF() * 1.4)
+        font.setBold(True)
+        heading.setFont(font)
+        self.body.addWidget(heading)
+        if intro:
+            note = QLabel(intro)
+            note.setTextFormat(Qt.PlainText)
+            note.setWordWrap(True)
+            self.body.addWidget(note)
+        self.form = QFormLayout()
+        self.form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        self.body.addLayout(self.form)
+        self.setWidget(inner)
+
+    def row(self, label: str, widget: QWidget) -> None:
+        self.form.addRow(label, widget)
+
+
+class Folding(QWidget):
+    """A group that starts folded away ("Advanced"); a click on its header unfolds it."""
+
+    def __init__(self, title: str) -> None:
+        super().__init__()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 6, 0, 0)
+        self.toggle = QToolButton()
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.toggle.setArrowType(Qt.RightArrow)
+        self.toggle.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.box = QGroupBox()
+        self.form = QFormLayout(self.box)
+        self.box.hide()
+        self.toggle.toggled.connect(self._unfold)
+        layout.addWidget(self.toggle)
+        layout.addWidget(self.box)
+
+    def _unfold(self, open_: bool) -> None:
+        self.box.setVisible(open_)
+        self.toggle.setArrowType(Qt.DownArrow if open_ else Qt.RightArrow)
+
+    def row(self, label: str, widget: QWidget) -> None:
+        self.form.addRow(label, widget)
+
+
+def plain_label(text: str = "", wrap: bool = True) -> QLabel:
+    """A label for text that may come from files or the user: never interpreted as rich text."""
+    label = QLabel(text)
+    label.setTextFormat(Qt.PlainText)
+    label.setWordWrap(wrap)
+    label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+    return label

@@ -1,0 +1,114 @@
+"""The dataset health report: which files are used, which are skipped and why, bucket counts.
+
+The scan is the trainer's own (`lora-train validate`), run as a child process through QProcess
+with the window's current settings, so the report is exactly what training will see and the
+window never waits for it. Skipped files are listed in red.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from PySide6.QtCore import QProcess, Qt, QTimer, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton,
+                               QVBoxLayout, QWidget)
+
+from app.binding import Binder
+from trainer.config_io import save_config
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = QColor(208, 48, 48)
+
+
+class HealthReport(QWidget):
+    done = Signal(int)  # how many files were skipped
+
+    def __init__(self, binder: Binder) -> None:
+        super().__init__()
+        self.binder = binder
+        self.process: QProcess | None = None
+        self.skipped: list[str] = []
+        self.button = QPushButton("Check dataset")
+        self.button.setToolTip("Scan the folders the way training will, and list every file "
+                               "that can't be used and why.")
+        self.button.clicked.connect(self.check)
+        self.summary = QLabel("Add folders, then check them.")
+        self.summary.setTextFormat(Qt.PlainText)
+        self.summary.setWordWrap(True)
+        self.lines = QListWidget()
+        self.lines.setMinimumHeight(120)
+        self.lines.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.button)
+        row.addWidget(self.summary, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.lines)
+        self._later = QTimer(self)
+        self._later.setSingleShot(True)
+        self._later.setInterval(600)
+        self._later.timeout.connect(self.check)
+        binder.changed.connect(self._maybe_recheck)
+
+    def _maybe_recheck(self, key: str) -> None:
+        if key in ("*", "dataset.folders", "dataset.caption_extension", "dataset.min_image_side",
+                   "dataset.resolution", "dataset.enable_bucket", "dataset.batch_size"):
+            self._later.start()
+
+    def check(self) -> bool:
+        if self.process is not None:
+            self._later.start()  # one scan at a time; check again when this one ends
+            return False
+        if not self.binder.config.dataset.folders and self.binder.config.dataset.kohya_config is None:
+            self.summary.setText("Add folders, then check them.")
+            self.lines.clear()
+            return False
+        self._config_file = Path(tempfile.mkdtemp(prefix="lora-studio-")) / "check.toml"
+        save_config(self.binder.config, self._config_file)
+        self.process = QProcess(self)
+        self.process.setWorkingDirectory(str(ROOT))
+        self.process.setProcessChannelMode(QProcess.MergedChannels)
+        self.process.finished.connect(self._show)
+        self.summary.setText("Checking...")
+        self.button.setEnabled(False)
+        self.process.start(sys.executable, ["-m", "trainer.cli", "validate", "--config",
+                                            str(self._config_file)])
+        return True
+
+    def _show(self, code: int, status) -> None:
+        text = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        self.process = None
+        self.button.setEnabled(True)
+        self._config_file.unlink(missing_ok=True)
+        self.lines.clear()
+        self.skipped = []
+        in_skipped = False
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("Skipped"):
+                in_skipped = True
+            elif not line.startswith(" "):
+                in_skipped = False
+            item = QListWidgetItem(line)
+            if in_skipped and line.startswith(" "):
+                item.setForeground(BAD)
+                item.setToolTip("This file is left out of training.")
+                self.skipped.append(line.strip())
+            self.lines.addItem(item)
+        first = text.strip().splitlines()[0] if text.strip() else f"the check failed ({code})"
+        self.summary.setText(first + (f" - {len(self.skipped)} file(s) skipped"
+                                      if self.skipped else ""))
+        self.done.emit(len(self.skipped))
+
+    def stop(self) -> None:
+        self._later.stop()
+        if self.process is not None:
+            self.process.finished.disconnect()
+            self.process.kill()
+            self.process.waitForFinished(2000)
+            self.process = None

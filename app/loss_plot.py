@@ -1,0 +1,110 @@
+"""The live loss plot: raw loss, a smoothed curve, and the learning rate on a second axis."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QVBoxLayout, QWidget
+
+SMOOTHING = 0.9  # exponential moving average, as TensorBoard shows it (debiased)
+
+
+def preload_in_background() -> threading.Thread:
+    """Import pyqtgraph (0.6 s) on a worker thread once the window is up, so neither start-up
+    nor the first loss point of a run waits for it. Only modules are loaded there; every
+    widget is still made on the GUI thread."""
+    thread = threading.Thread(target=importlib.import_module, args=("pyqtgraph",),
+                              name="preload-pyqtgraph", daemon=True)
+    thread.start()
+    return thread
+
+
+class LossPlot(QWidget):
+    """pyqtgraph is imported on first show or draw, so it costs nothing at window start-up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.lrs: list[float] = []
+        self._ema = 0.0
+        self.plot = None
+        self.log_scale = QCheckBox("log scale")
+        self.log_scale.setToolTip("Show the loss on a logarithmic axis (small changes stay "
+                                  "visible late in training).")
+        self.log_scale.toggled.connect(self._set_log)
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self.setMinimumHeight(200)
+        options = QHBoxLayout()
+        options.addWidget(self.log_scale)
+        options.addStretch()
+        self._layout.addLayout(options)
+
+    def _build(self) -> None:
+        if self.plot is not None:
+            return
+        import pyqtgraph as pg  # here, not at the top: keeps start-up fast
+        self.plot = pg.PlotWidget()
+        self.plot.setBackground(None)
+        self.plot.setMinimumHeight(180)
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        item = self.plot.getPlotItem()
+        item.setLabel("bottom", "step")
+        item.setLabel("left", "loss")
+        item.addLegend(offset=(-10, 10))
+        self.raw_curve = item.plot(pen=pg.mkPen((120, 150, 220, 110), width=1), name="loss")
+        self.smooth_curve = item.plot(pen=pg.mkPen((40, 90, 220), width=2), name="smoothed")
+        self.lr_view = pg.ViewBox()
+        item.showAxis("right")
+        item.scene().addItem(self.lr_view)
+        item.getAxis("right").linkToView(self.lr_view)
+        item.getAxis("right").setLabel("learning rate")
+        self.lr_view.setXLink(item)
+        self.lr_curve = pg.PlotDataItem(pen=pg.mkPen((230, 140, 40), width=1,
+                                                     style=Qt.DashLine), name="learning rate")
+        self.lr_view.addItem(self.lr_curve)
+        item.legend.addItem(self.lr_curve, "learning rate")
+        item.vb.sigResized.connect(self._sync_views)
+        item.setLogMode(y=self.log_scale.isChecked())
+        self._layout.insertWidget(0, self.plot, 1)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self._build()
+        self.redraw()
+        super().showEvent(event)
+
+    def _sync_views(self) -> None:
+        self.lr_view.setGeometry(self.plot.getPlotItem().vb.sceneBoundingRect())
+        self.lr_view.linkedViewChanged(self.plot.getPlotItem().vb, self.lr_view.XAxis)
+
+    def _set_log(self, on: bool) -> None:
+        if self.plot is not None:
+            self.plot.getPlotItem().setLogMode(y=on)
+
+    def clear(self) -> None:
+        self.steps, self.losses, self.smoothed, self.lrs = [], [], [], []
+        self._ema = 0.0
+        if self.plot is not None:
+            self.redraw()
+
+    def add(self, step: int, loss: float, lr: float) -> None:
+        if not math.isfinite(loss):
+            return
+        self.steps.append(step)
+        self.losses.append(loss)
+        self.lrs.append(lr)
+        self._ema = SMOOTHING * self._ema + (1 - SMOOTHING) * loss
+        self.smoothed.append(self._ema / (1 - SMOOTHING ** len(self.losses)))
+
+    def redraw(self) -> None:
+        """Push the data to the curves (called once per timer tick at most)."""
+        self._build()
+        self.raw_curve.setData(self.steps, self.losses)
+        self.smooth_curve.setData(self.steps, self.smoothed)
+        self.lr_curve.setData(self.steps, self.lrs)
+        self._sync_views()

@@ -1,0 +1,130 @@
+"""Everything the Run section shows about a run, fed one `Event` at a time.
+
+A live job, a replayed `events.jsonl` and a test's fake job all go through `RunMonitor.feed`,
+so what a user sees is the same in all three. No torch, and no knowledge of where events come
+from.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QLabel, QPlainTextEdit, QProgressBar, QSplitter, QTabWidget,
+                               QVBoxLayout, QWidget)
+
+from app.gallery import Gallery
+from app.loss_plot import LossPlot
+from trainer.events import (Event, Failed, Finished, Log, Loss, Progress, Sample, Saved,
+                            Started)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class RunMonitor(QWidget):
+    """Progress bar, loss plot, sample gallery and log of one run."""
+
+    finished = Signal(object)  # the Finished or Failed event
+    saved = Signal(object)     # a Saved event
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress = QProgressBar()
+        self.progress.setFormat("waiting")
+        self.progress.setTextVisible(True)
+        self.status = QLabel("No run yet.")
+        self.status.setTextFormat(Qt.PlainText)
+        self.status.setWordWrap(True)
+        self.plot = LossPlot()
+        self.gallery = Gallery()
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        tabs = QTabWidget()
+        tabs.addTab(self.gallery, "Samples")
+        tabs.addTab(self.log, "Log")
+        self.tabs = tabs
+        split = QSplitter(Qt.Vertical)
+        split.addWidget(self.plot)
+        split.addWidget(tabs)
+        split.setSizes([260, 300])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(split, 1)
+        self.reset()
+
+    def reset(self) -> None:
+        self.total = 0
+        self.step = 0
+        self.run_dir = ""
+        self.lora_files: list[str] = []
+        self.checkpoints: list[str] = []
+        self.outcome: Event | None = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("waiting")
+        self.status.setText("No run yet.")
+        self.status.setStyleSheet("")
+        self.plot.clear()
+        self.gallery.clear()
+        self.log.clear()
+
+    def feed(self, events: list[Event]) -> None:
+        """Show a batch of events (one timer tick's worth); the plot redraws once per batch."""
+        for event in events:
+            self._one(event)
+        if any(isinstance(e, Loss) for e in events):
+            self.plot.redraw()
+
+    def _one(self, event: Event) -> None:
+        if isinstance(event, Started):
+            self.run_dir, self.total = event.run_dir, event.total_steps
+            self.status.setStyleSheet("")
+            self.progress.setRange(0, max(1, event.total_steps))
+            self.progress.setValue(event.resumed_from_step)
+            self.progress.setFormat(f"step {event.resumed_from_step} / {event.total_steps}")
+            resumed = (f", resumed at step {event.resumed_from_step}"
+                       if event.resumed_from_step else "")
+            self.status.setText(f"Training in {event.run_dir}{resumed}")
+            self._log("info", f"started: {event.total_steps} steps in {event.run_dir}{resumed}")
+        elif isinstance(event, Progress):
+            self.step, self.total = event.step, event.total
+            self.progress.setRange(0, max(1, event.total))
+            self.progress.setValue(event.step)
+            self.progress.setFormat(
+                f"step {event.step} / {event.total} · epoch {event.epoch} · "
+                f"{event.it_per_s:.2f} it/s · {format_seconds(event.eta_s)} left")
+        elif isinstance(event, Loss):
+            self.plot.add(event.step, event.loss, event.lr)
+        elif isinstance(event, Sample):
+            self.gallery.add(event)
+        elif isinstance(event, Log):
+            self._log(event.level, event.text)
+        elif isinstance(event, Saved):
+            (self.lora_files if event.kind == "lora" else self.checkpoints).append(event.path)
+            self._log("info", f"saved {event.kind} at step {event.step}: {event.path}")
+            self.saved.emit(event)
+        elif isinstance(event, Finished):
+            self.outcome = event
+            self.progress.setValue(self.progress.maximum() if event.step >= self.total
+                                   else event.step)
+            early = "" if event.step >= self.total else f" (stopped early at step {event.step})"
+            self.status.setText(f"Finished{early}. LoRA file: {event.path}")
+            self._log("info", f"finished at step {event.step}: {event.path}")
+            self.finished.emit(event)
+        elif isinstance(event, Failed):
+            self.outcome = event
+            hint = f"\n{event.hint}" if event.hint else ""
+            self.status.setText(f"Training stopped: {event.message}{hint}")
+            self.status.setStyleSheet("color: #d03030;")
+            self._log("error", f"{event.kind}: {event.message}{hint}")
+            self.finished.emit(event)
+
+    def _log(self, level: str, text: str) -> None:
+        prefix = "" if level == "info" else f"[{level}] "
+        self.log.appendPlainText(prefix + text)

@@ -1,0 +1,213 @@
+"""The Run section: Start / Pause / Stop / Sample now / Save now, driving a job from a timer.
+
+The job runs in a child process (trainer.jobs); a 100 ms QTimer polls it without blocking and
+hands its events to the RunMonitor. `job_factory` is replaceable so tests can drive a fake job.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                               QVBoxLayout, QWidget)
+
+from app.binding import Binder
+from app.run_monitor import RunMonitor
+from trainer.events import Event, read_events
+from trainer.jobs import Job, JobSpec
+
+POLL_MS = 100
+
+
+def default_runs_folder() -> Path:
+    return Path.home() / "LoRA Studio" / "runs"
+
+
+class RunSection(QWidget):
+    state_changed = Signal(str)  # idle | running | paused | finished | failed
+
+    def __init__(self, binder: Binder, problems: Callable[[], list[str]]) -> None:
+        super().__init__()
+        self.binder = binder
+        self.problems = problems
+        self.job_factory: Callable[[JobSpec], Job] = Job
+        self.job: Job | None = None
+        self.paused = False
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.tick)
+
+        self.runs_folder = QLineEdit(str(default_runs_folder()))
+        self.runs_folder.setToolTip("Each run gets its own folder in here (config, log, "
+                                    "samples, checkpoints and the LoRA file).")
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._pick_runs_folder)
+        where = QHBoxLayout()
+        where.addWidget(QLabel("Runs folder"))
+        where.addWidget(self.runs_folder, 1)
+        where.addWidget(browse)
+
+        self.start_button = QPushButton("Start")
+        self.pause_button = QPushButton("Pause")
+        self.stop_button = QPushButton("Stop")
+        self.sample_button = QPushButton("Sample now")
+        self.save_button = QPushButton("Save now")
+        self.queue_button = QPushButton("Add to queue")
+        self.queue: list[JobSpec] = []
+        tips = {self.start_button: "Start training with these settings (Ctrl+Enter).",
+                self.pause_button: "Pause after the current step; press again to continue.",
+                self.stop_button: "Stop after the current step and save the LoRA (Ctrl+.).",
+                self.sample_button: "Make preview images at the next step.",
+                self.save_button: "Save a checkpoint and the LoRA file at the next step.",
+                self.queue_button: "Run these settings after the current run ends (change "
+                                   "settings and add again to line up several runs)."}
+        buttons = QHBoxLayout()
+        for button, tip in tips.items():
+            button.setToolTip(tip)
+            buttons.addWidget(button)
+        buttons.addStretch()
+        self.start_button.clicked.connect(self.start)
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.stop_button.clicked.connect(self.stop)
+        self.sample_button.clicked.connect(lambda: self._send("sample_now"))
+        self.save_button.clicked.connect(lambda: self._send("save_now"))
+        self.queue_button.clicked.connect(self.add_to_queue)
+        self.queue_label = QLabel()
+        self.queue_label.setTextFormat(Qt.PlainText)
+        self.reason = QLabel()
+        self.reason.setTextFormat(Qt.PlainText)
+        self.reason.setWordWrap(True)
+        self.reason.setStyleSheet("color: #d03030;")
+
+        self.monitor = RunMonitor()
+        layout = QVBoxLayout(self)
+        layout.addLayout(where)
+        layout.addLayout(buttons)
+        layout.addWidget(self.reason)
+        layout.addWidget(self.queue_label)
+        layout.addWidget(self.monitor, 1)
+        binder.errors_changed.connect(self.update_buttons)
+        binder.changed.connect(lambda *_: self.update_buttons())
+        self.update_buttons()
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.job is not None and not self.job.done
+
+    def update_buttons(self) -> None:
+        problems = [] if self.running else self.problems()
+        self.start_button.setEnabled(not self.running and not problems)
+        self.reason.setText("Can't start yet: " + problems[0] if problems else "")
+        self.reason.setVisible(bool(problems))
+        self.start_button.setToolTip(problems[0] if problems else
+                                     "Start training with these settings (Ctrl+Enter).")
+        for button in (self.pause_button, self.stop_button, self.sample_button, self.save_button):
+            button.setEnabled(self.running)
+        self.pause_button.setText("Continue" if self.paused else "Pause")
+        self.queue_button.setEnabled(not problems)
+        self.queue_label.setText(f"{len(self.queue)} run(s) waiting in the queue"
+                                 if self.queue else "")
+        self.queue_label.setVisible(bool(self.queue))
+
+    def new_run_dir(self) -> Path:
+        name = self.binder.config.output.name
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = Path(self.runs_folder.text().strip() or default_runs_folder()) / f"{name}-{stamp}"
+        suffix = 1
+        claimed = {Path(spec.run_dir) for spec in self.queue}
+        if self.job is not None:
+            claimed.add(Path(self.job.spec.run_dir))
+        while folder.exists() or folder in claimed:
+            suffix += 1
+            folder = folder.with_name(f"{name}-{stamp}-{suffix}")
+        return folder
+
+    # -- commands --------------------------------------------------------------------------
+    def add_to_queue(self) -> None:
+        """Start now when idle, else run these settings (as they are now) after the others."""
+        if self.problems():
+            return
+        if not self.running:
+            self.start()
+            return
+        self.queue.append(JobSpec.from_config(self.binder.config, self.new_run_dir()))
+        self.update_buttons()
+
+    def start(self, spec: JobSpec | None = None) -> Job | None:
+        if self.running or (spec is None and self.problems()):
+            return None
+        spec = spec or JobSpec.from_config(self.binder.config, self.new_run_dir())
+        self.monitor.reset()
+        self.monitor.plot._build()  # now, not at the first loss point while training runs
+        self.monitor.status.setText(f"Starting the trainer in {spec.run_dir} ...")
+        self.job = self.job_factory(spec)
+        self.job.start()
+        self.paused = False
+        self.timer.start()
+        self.update_buttons()
+        self.state_changed.emit("running")
+        return self.job
+
+    def _send(self, command: str) -> None:
+        if self.running:
+            self.job.send(command)
+            self.monitor.log.appendPlainText(f"> {command.replace('_', ' ')}")
+
+    def toggle_pause(self) -> None:
+        self._send("resume" if self.paused else "pause")
+        self.paused = not self.paused
+        self.update_buttons()
+        self.state_changed.emit("paused" if self.paused else "running")
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        if self.paused:
+            self._send("resume")
+            self.paused = False
+        self._send("stop")
+        self.monitor.status.setText("Stopping after this step; the LoRA is being saved...")
+
+    def tick(self) -> list[Event]:
+        if self.job is None:
+            self.timer.stop()
+            return []
+        events = self.job.poll(0.0)
+        if events:
+            self.monitor.feed(events)
+        if self.job.done:
+            self.timer.stop()
+            self.paused = False
+            self.update_buttons()
+            self.state_changed.emit(self.job.state)
+            if self.queue:
+                self.start(self.queue.pop(0))
+        return events
+
+    def resume(self, run_dir: Path) -> Job | None:
+        """Continue a stopped run in its own folder from its newest checkpoint."""
+        if self.running or self.problems():
+            return None
+        return self.start(JobSpec.from_config(self.binder.config, Path(run_dir),
+                                              resume=Path(run_dir)))
+
+    # -- past runs -------------------------------------------------------------------------
+    def open_run(self, run_dir: Path) -> int:
+        """Show a finished (or killed) run's curve, gallery and log again."""
+        events = read_events(Path(run_dir), load_images=True)
+        self.monitor.reset()
+        self.monitor.feed(events)
+        if not events:
+            self.monitor.status.setText(f"No events.jsonl in {run_dir}")
+        elif self.monitor.outcome is None:
+            self.monitor.status.setText(f"{run_dir}: this run did not finish (stopped or killed)")
+        return len(events)
+
+    def _pick_runs_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Runs folder", self.runs_folder.text())
+        if path:
+            self.runs_folder.setText(path)

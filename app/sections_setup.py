@@ -1,0 +1,249 @@
+"""The Dataset and Base model sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QHeaderView, QLineEdit,
+                               QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QTabWidget,
+                               QWidget)
+
+from app.binding import Binder, combo, spin
+from app.forms import Folding, Page, plain_label
+from app.health import HealthReport
+from app.thumbnails import ThumbnailGrid
+from app.model_info import ModelInfo, inspect_model
+from trainer.config import DatasetFolder
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def count_images(folder: Path) -> int:
+    try:
+        return sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError:
+        return 0
+
+
+class FolderTable(QTableWidget):
+    """Image folders with their repeats (0 = take it from a kohya `N_name` folder name)."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 3)
+        self.setHorizontalHeaderLabels(["Image folder", "Images", "Repeats"])
+        self.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.verticalHeader().hide()
+        self.setMinimumHeight(110)
+        self.setMaximumHeight(200)
+        self.on_change = lambda: None
+        self.setAcceptDrops(True)
+
+    def folders(self) -> list[DatasetFolder]:
+        out = []
+        for row in range(self.rowCount()):
+            repeats = self.cellWidget(row, 2).value()
+            out.append(DatasetFolder(path=Path(self.item(row, 0).text()),
+                                     repeats=repeats or None))
+        return out
+
+    def show_folders(self, folders: list[DatasetFolder]) -> None:
+        self.setRowCount(0)
+        for folder in folders:
+            self.add_row(folder.path, folder.repeats or 0, notify=False)
+
+    def add_row(self, path: Path, repeats: int = 0, notify: bool = True) -> None:
+        row = self.rowCount()
+        self.insertRow(row)
+        item = QTableWidgetItem(str(path))
+        item.setFlags(item.flags() & ~Qt.ItemIsEditable)
+        item.setToolTip(str(path))
+        self.setItem(row, 0, item)
+        count = QTableWidgetItem(str(count_images(Path(path))))
+        count.setFlags(count.flags() & ~Qt.ItemIsEditable)
+        self.setItem(row, 1, count)
+        box = QSpinBox()
+        box.setRange(0, 10_000)
+        box.setSpecialValueText("auto")
+        box.setValue(repeats)
+        box.setToolTip("How many times each image of this folder is seen per epoch. 'auto' reads "
+                       "it from a folder named like '10_mystyle' (10), else 1.")
+        box.valueChanged.connect(lambda *_: self.on_change())
+        self.setCellWidget(row, 2, box)
+        if notify:
+            self.on_change()
+
+    def remove_selected(self) -> None:
+        for row in sorted({i.row() for i in self.selectedIndexes()}, reverse=True):
+            self.removeRow(row)
+        self.on_change()
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    dragMoveEvent = dragEnterEvent
+
+    def dropEvent(self, event) -> None:  # noqa: N802
+        for url in event.mimeData().urls():
+            path = Path(url.toLocalFile())
+            if path.is_dir():
+                self.add_row(path)
+        event.acceptProposedAction()
+
+
+class DatasetSection(Page):
+    def __init__(self, binder: Binder) -> None:
+        super().__init__("Dataset", "The images to learn from. Each image may have a caption "
+                                    "file with the same name (cat.png + cat.txt).")
+        self.binder = binder
+        self.table = FolderTable()
+        folders = binder.field(self.table, "dataset", "folders",
+                               "Folders of training images; drop folders here too.",
+                               get=self.table.folders, put=self.table.show_folders)
+        binding = binder.bindings[-1]
+        self.table.on_change = lambda: binder.commit(binding)
+        buttons = QWidget()
+        row = QHBoxLayout(buttons)
+        row.setContentsMargins(0, 0, 0, 0)
+        add, remove = QPushButton("Add folder..."), QPushButton("Remove")
+        add.clicked.connect(self._pick_folder)
+        remove.clicked.connect(self.table.remove_selected)
+        row.addWidget(add)
+        row.addWidget(remove)
+        row.addStretch()
+        self.body.insertWidget(2, folders)
+        self.body.insertWidget(3, buttons)
+        self.calculator = plain_label()
+        self.body.insertWidget(4, self.calculator)
+        self.row("Caption file extension", binder.field(
+            QLineEdit(), "dataset", "caption_extension",
+            "The ending of caption files next to the images, like .txt or .caption."))
+        self.row("Trigger word", binder.field(
+            QLineEdit(), "dataset", "trigger_word",
+            "A word put at the start of every caption; type it in your prompts to call the LoRA."))
+        self.row("Resolution", binder.field(
+            spin(64, 4096, 64, " px"), "dataset", "resolution",
+            "Training image size (a multiple of 64). 512 for SD 1.x."))
+        self.row("Batch size", binder.field(
+            spin(1, 1024), "dataset", "batch_size",
+            "Images per step. Higher needs more memory."))
+        self.row("Aspect-ratio buckets", binder.field(
+            QCheckBox("keep each image's shape"), "dataset", "enable_bucket",
+            "Group images of similar shape instead of cropping them all square."))
+        self.row("Flip images", binder.field(
+            QCheckBox("also learn mirrored copies"), "dataset", "flip_aug",
+            "Mirror images at random. Don't use for text or asymmetric characters."))
+        more = Folding("Advanced")
+        more.row("Shuffle caption tags", binder.field(
+            QCheckBox(), "dataset", "shuffle_caption",
+            "Shuffle the comma-separated tags of each caption every time."))
+        more.row("Keep first tags", binder.field(
+            spin(0, 100), "dataset", "keep_tokens",
+            "How many leading tags stay in place when shuffling."))
+        more.row("Smallest bucket", binder.field(
+            spin(64, 4096, 64, " px"), "dataset", "min_bucket_reso", "Smallest side of a bucket."))
+        more.row("Largest bucket", binder.field(
+            spin(64, 8192, 64, " px"), "dataset", "max_bucket_reso", "Largest side of a bucket."))
+        self.body.addWidget(more)
+        self.health = HealthReport(binder)
+        self.thumbnails = ThumbnailGrid(binder)
+        tabs = QTabWidget()
+        tabs.addTab(self.thumbnails, "Images and captions")
+        tabs.addTab(self.health, "Health report")
+        tabs.setMinimumHeight(320)
+        self.tabs = tabs
+        self.body.addWidget(tabs)
+        binder.changed.connect(lambda key: self._update_calculator())
+        self._update_calculator()
+
+    def _pick_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Add an image folder")
+        if path:
+            self.table.add_row(Path(path))
+
+    def _update_calculator(self) -> None:
+        config = self.binder.config
+        seen = 0
+        for folder in config.dataset.folders:
+            repeats = folder.repeats
+            if repeats is None:
+                prefix = folder.path.name.split("_", 1)[0]
+                repeats = int(prefix) if prefix.isdigit() and "_" in folder.path.name else 1
+            seen += count_images(folder.path) * repeats
+        batch = config.dataset.batch_size
+        per_epoch = -(-seen // batch) if seen else 0
+        steps = config.schedule.max_train_steps
+        if config.schedule.max_train_epochs and per_epoch:
+            text = (f"{seen} images seen per epoch / batch {batch} = {per_epoch} steps per epoch; "
+                    f"× {config.schedule.max_train_epochs} epochs = "
+                    f"{per_epoch * config.schedule.max_train_epochs} steps")
+        elif per_epoch and steps:
+            text = (f"{seen} images seen per epoch / batch {batch} = {per_epoch} steps per epoch; "
+                    f"{steps} steps ≈ {steps / per_epoch:.1f} epochs")
+        else:
+            text = "Add a folder of images to see how many steps an epoch takes."
+        self.calculator.setText(text)
+
+
+class ModelSection(Page):
+    def __init__(self, binder: Binder) -> None:
+        super().__init__("Base model", "The Stable Diffusion model your LoRA is trained on top "
+                                       "of: a diffusers folder or one .safetensors file.")
+        self.binder = binder
+        self.path = QLineEdit()
+        self.path.setPlaceholderText("a diffusers folder or a .safetensors / .ckpt file")
+        picker = QWidget()
+        row = QHBoxLayout(picker)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(binder.field(
+            self.path, "model", "path", "Where the base model is on your disk.",
+            get=lambda: self.path.text().strip() or None,
+            put=lambda v: self.path.setText("" if v is None else str(v))), 1)
+        for text, slot in (("Folder...", self._pick_folder), ("File...", self._pick_file)):
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            row.addWidget(button, 0, Qt.AlignTop)
+        self.row("Model", picker)
+        self.detected = plain_label()
+        self.row("Detected", self.detected)
+        self.info = ModelInfo()
+        self.listeners: list = []
+        more = Folding("Advanced")
+        more.row("Prediction type", binder.field(
+            combo([("read from the model", "auto"), ("noise (epsilon)", "epsilon"),
+                      ("v-prediction", "v_prediction")]), "model", "prediction_type",
+            "What the model predicts; leave on 'read from the model' unless you know."))
+        more.row("CLIP skip", binder.field(
+            spin(1, 4), "model", "clip_skip",
+            "Use an earlier text-encoder layer (2 for many anime models)."))
+        self.body.addWidget(more)
+        binder.changed.connect(self._maybe_inspect)
+        self._inspect()
+
+    def _pick_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Pick a diffusers model folder")
+        if path:
+            self.set_path(path)
+
+    def _pick_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Pick a checkpoint file", "",
+                                              "Checkpoints (*.safetensors *.ckpt)")
+        if path:
+            self.set_path(path)
+
+    def set_path(self, path: str) -> None:
+        self.path.setText(path)
+        self.binder.commit(next(b for b in self.binder.bindings if b.key == "model.path"))
+
+    def _maybe_inspect(self, key: str) -> None:
+        if key in ("model.path", "*"):
+            self._inspect()
+
+    def _inspect(self) -> None:
+        self.info = inspect_model(self.binder.config.model.path)
+        self.detected.setText(self.info.message)
+        colour = "" if self.info.usable or self.binder.config.model.path is None else "#d03030"
+        self.detected.setStyleSheet(f"color: {colour};" if colour else "")
+        for listener in self.listeners:
+            listener(self.info)

@@ -1,0 +1,255 @@
+"""Every section edits the config it shows; settings survive a round trip through a preset file."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QPlainTextEdit
+
+from app.main import MainWindow
+from app.model_info import attention_modules, inspect_model, lora_parameter_count, selected_modules
+from tests.synthetic import make_shapes_dataset
+
+SD15_UNET = Path(__file__).resolve().parent.parent / "assets" / "sd15" / "unet" / "config.json"
+
+
+def edit(window: MainWindow, key: str, value) -> None:
+    """Change a bound widget the way a user would (the widget's user signal fires)."""
+    widget = window.binder.widget(key)
+    if isinstance(widget, QCheckBox):
+        widget.setChecked(value)
+    elif isinstance(widget, QComboBox):
+        widget.setCurrentIndex(widget.findData(value))
+    elif isinstance(widget, QPlainTextEdit):
+        widget.setPlainText(value)
+    elif isinstance(widget, QLineEdit):
+        widget.setText(str(value))
+        widget.textEdited.emit(str(value))
+    else:
+        widget.setValue(value)
+
+
+EDITS = {  # section page -> (widget key, value typed, value expected in the config)
+    "Dataset": [("dataset.caption_extension", ".caption", ".caption"),
+                ("dataset.trigger_word", "zzstyle", "zzstyle"),
+                ("dataset.resolution", 768, 768), ("dataset.batch_size", 2, 2),
+                ("dataset.enable_bucket", False, False), ("dataset.flip_aug", True, True)],
+    "Network": [("network.rank", 32, 32), ("network.alpha", 8.0, 8.0),
+                ("network.dropout", 0.1, 0.1), ("network.train_text_encoder", True, True),
+                ("network.text_encoder_lr", "5e-5", 5e-5)],
+    "Training": [("schedule.max_train_steps", "300", 300),
+                 ("optimizer.learning_rate", "2e-4", 2e-4), ("optimizer.type", "Prodigy", "Prodigy"),
+                 ("schedule.lr_scheduler", "cosine", "cosine"), ("schedule.lr_warmup_steps", 25, 25),
+                 ("schedule.seed", 7, 7), ("precision.gradient_checkpointing", True, True),
+                 ("precision.cache_latents", False, False), ("loss.min_snr_gamma", "5", 5.0)],
+    "Samples": [("sampling.prompts", "a red circle\na blue square --d 3",
+                 ["a red circle", "a blue square --d 3"]),
+                ("sampling.every_n_steps", "50", 50), ("sampling.steps", 12, 12)],
+    "Export": [("output.name", "my_shapes", "my_shapes"), ("metadata.title", "Shapes", "Shapes"),
+               ("metadata.author", "An Artist", "An Artist"),
+               ("metadata.description", "Circles & squares", "Circles & squares"),
+               ("metadata.trigger_phrase", "zzstyle", "zzstyle"),
+               ("metadata.tags", "shapes, test", ["shapes", "test"]),
+               ("metadata.license", "CC-BY-4.0", "CC-BY-4.0"),
+               ("output.save_precision", "bf16", "bf16"),
+               ("metadata.hide_folder_names", True, True)],
+}
+
+
+def value_of(config, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def test_every_section_round_trips_through_a_preset_file(qtbot, tmp_path: Path) -> None:
+    images = tmp_path / "5_shapes"
+    make_shapes_dataset(images, 4)
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.dataset.table.add_row(images, 3)
+    window.model.set_path(str(tmp_path / "missing-model"))
+    for section, edits in EDITS.items():
+        window.show_section(section)
+        for key, typed, expected in edits:
+            edit(window, key, typed)
+            assert value_of(window.config, key) == expected, key
+    window.network.apply_target_preset("cross-attention only")
+    assert window.config.network.attention == ["attn2"]
+    assert window.binder.errors == {}
+    assert window.config.dataset.folders[0].repeats == 3
+    assert "12 images seen per epoch" in window.dataset.calculator.text()
+
+    preset = tmp_path / "mine.toml"
+    window.save_config_file(preset, only_changes=True)
+    other = MainWindow()
+    qtbot.addWidget(other)
+    assert other.load_config_file(preset)
+    for edits in EDITS.values():
+        for key, _, expected in edits:
+            assert value_of(other.config, key) == expected, key
+    assert other.config.dataset.folders[0].path == images
+    assert other.config.network.attention == ["attn2"]
+    assert other.binder.widget("network.rank").value() == 32
+    assert other.binder.widget("metadata.tags").text() == "shapes, test"
+    assert other.dataset.table.rowCount() == 1
+    assert other.network.tree.values("attention") == ["attn2"]
+
+
+def test_a_bad_value_shows_next_to_its_field_and_blocks_start(qtbot, tmp_path: Path) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    edit(window, "dataset.resolution", 100)
+    assert "multiple of 64" in window.binder.errors["dataset.resolution"]
+    label = window.findChild(object, "error:dataset.resolution")
+    assert label.isVisibleTo(window.dataset) and "64" in label.text()
+    assert window.config.dataset.resolution == 512  # the config keeps its last good value
+    assert not window.run.start_button.isEnabled()
+    assert "resolution" in window.run.reason.text()
+    edit(window, "dataset.resolution", 640)
+    assert "dataset.resolution" not in window.binder.errors
+    edit(window, "output.name", "bad/name")
+    assert "output.name" in window.binder.errors
+    edit(window, "dataset.min_bucket_reso", 2048)  # a rule across two fields
+    assert "larger than" in window.binder.errors["dataset.min_bucket_reso"]
+    assert window.config.dataset.min_bucket_reso == 256
+
+
+def test_built_in_presets_load_into_the_widgets(qtbot) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    names = [a.text() for a in window.presets_menu.actions()]
+    assert "tiny-cpu" in names
+    window.load_preset("tiny-cpu")
+    assert window.binder.widget("network.rank").value() == 4
+    assert window.binder.widget("dataset.resolution").value() == 64
+    assert window.network.scale.text().endswith("= 1")
+
+
+def test_target_tree_and_module_count_follow_the_unet_config(qtbot, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    (folder / "unet" / "config.json").write_text(SD15_UNET.read_text())
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.model.set_path(str(folder))
+    assert "no U-Net weights" in window.model.detected.text() and not window.model.info.usable
+    assert "cannot" not in window.network.count.text()  # the count needs only the config
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    window.model.set_path(str(folder))
+    assert "1.x" in window.model.detected.text() and window.model.info.usable
+    edit(window, "network.rank", 16)
+    assert "128 U-Net modules, 3,188,736 trainable parameters" in window.network.count.text()
+    window.network.apply_target_preset("self-attention only")
+    assert "64 U-Net modules" in window.network.count.text()
+    assert len(window.network.module_list.toPlainText().splitlines()) == 64
+    assert "attn2" not in window.network.module_list.toPlainText()
+    window.network.tree.items["blocks"]["down"].setCheckState(0, Qt.Unchecked)  # untick Down blocks
+    assert window.config.network.blocks == ["mid", "up"]
+    for field in ("blocks", "attention", "projections"):
+        for item in window.network.tree.items[field].values():
+            item.setCheckState(0, Qt.Unchecked)
+    assert "network.projections" in window.binder.errors  # none ticked: refused, shown
+
+
+def write_safetensors_header(path: Path, keys: list[str]) -> None:
+    header = json.dumps({k: {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}
+                         for k in keys}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("cond_stage_model.transformer.text_model.embeddings.position_ids", "SD 1.x"),
+    ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "SD 2.x"),
+    ("conditioner.embedders.1.model.ln_final.weight", "SDXL"),
+])
+def test_architecture_is_read_from_the_file_header(tmp_path: Path, key: str, expected: str) -> None:
+    path = tmp_path / "model.safetensors"
+    write_safetensors_header(path, [key])
+    info = inspect_model(path)
+    assert info.architecture == expected
+    assert info.usable == (expected == "SD 1.x")
+
+
+def test_module_count_rules() -> None:
+    unet = json.loads(SD15_UNET.read_text())
+    every = attention_modules(unet)
+    assert len(every) == 16 * 8  # 6 down + 1 mid + 9 up transformer blocks × 8 projections
+    up_cross = selected_modules(unet, ["up"], ["attn2"], ["to_k"])
+    assert len(up_cross) == 9 and all(fan_in == 768 for _, fan_in, _ in up_cross)
+    assert lora_parameter_count(selected_modules(unet, ["down.1"], ["attn1"], ["to_q"]), 4) \
+        == 2 * 4 * (640 + 640)
+
+
+def test_the_health_report_lists_a_bad_file(qtbot, tmp_path: Path) -> None:
+    from tests.synthetic import add_bad_files
+
+    images = tmp_path / "images"
+    make_shapes_dataset(images, 3)
+    reasons = add_bad_files(images)
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.dataset.table.add_row(images)
+    report = window.dataset.health
+    with qtbot.waitSignal(report.done, timeout=30_000) as blocker:
+        report.check()
+    assert blocker.args == [len(reasons)]
+    for name, word in reasons.items():
+        assert any(name in line and word in line for line in report.skipped), report.skipped
+    assert "3 for training" in report.summary.text()
+
+
+def test_thumbnails_load_in_the_background_and_captions_save(qtbot, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    make_shapes_dataset(images, 6)
+    (images / "broken.png").write_text("not an image")
+    window = MainWindow()
+    qtbot.addWidget(window)
+    grid = window.dataset.thumbnails
+    with qtbot.waitSignal(grid.loaded_all, timeout=10_000):
+        window.dataset.table.add_row(images)
+    assert grid.grid.count() == 7 and grid.loaded == 7
+    broken = grid.grid.findItems("broken.png", Qt.MatchExactly)[0]
+    assert "can't be read" in broken.toolTip()
+    grid.grid.setCurrentItem(grid.grid.findItems("img01.png", Qt.MatchExactly)[0])
+    assert grid.caption.toPlainText() == "a green circle, white background"
+    grid.caption.setPlainText("a green circle, zzshapes")
+    assert grid.save_caption() == images / "img01.txt"
+    assert (images / "img01.txt").read_text().strip() == "a green circle, zzshapes"
+
+
+def test_folders_can_be_dropped_on_the_list(qtbot, tmp_path: Path) -> None:
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    images = tmp_path / "3_dropped"
+    make_shapes_dataset(images, 2)
+    window = MainWindow()
+    qtbot.addWidget(window)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(images)), QUrl.fromLocalFile(str(images / "img00.png"))])
+    event = QDropEvent(QPointF(5, 5), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    window.dataset.table.dropEvent(event)
+    assert [f.path for f in window.config.dataset.folders] == [images]  # files are not folders
+    assert "6 images seen per epoch" in window.dataset.calculator.text()  # 2 × kohya prefix 3
+
+
+def test_a_big_folder_lists_at_once_and_loads_in_the_background(qtbot, tmp_path: Path) -> None:
+    from PIL import Image
+
+    images = tmp_path / "big"
+    images.mkdir()
+    tile = Image.new("RGB", (256, 256), (200, 100, 50))
+    for index in range(400):
+        tile.save(images / f"{index:04d}.png")
+    window = MainWindow()
+    qtbot.addWidget(window)
+    grid = window.dataset.thumbnails
+    with qtbot.waitSignal(grid.loaded_all, timeout=30_000):
+        window.dataset.table.add_row(images)
+        assert grid.grid.count() == 400 and grid.loaded < 400  # listed now, decoded later
+    assert grid.loaded == 400

@@ -1,0 +1,109 @@
+"""The window as a whole: session memory, recent files, the queue, closing while training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.main import MainWindow
+from app.session import CONFIG_DIR_ENV, recent_files
+from tests.test_gui_run import FakeJob, ready_window  # noqa: F401 - a fixture
+from trainer.events import Finished, Started
+
+
+@pytest.fixture(autouse=True)
+def private_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "settings"
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(folder))
+    return folder
+
+
+def test_last_session_is_restored_and_recent_files_listed(qtbot, tmp_path: Path) -> None:
+    first = MainWindow(remember=True)
+    qtbot.addWidget(first)
+    first.binder.set_value("network", "rank", 48)
+    first.run.runs_folder.setText(str(tmp_path / "my-runs"))
+    saved = tmp_path / "mine.toml"
+    first.save_config_file(saved)
+    first.close()
+    again = MainWindow(remember=True)
+    qtbot.addWidget(again)
+    assert again.config.network.rank == 48
+    assert again.binder.widget("network.rank").value() == 48
+    assert again.run.runs_folder.text() == str(tmp_path / "my-runs")
+    assert recent_files() == [str(saved)]
+    again._fill_recent()
+    assert [a.text() for a in again.recent_menu.actions()] == [str(saved)]
+    fresh = MainWindow()  # tests and scripts: defaults, nothing remembered
+    qtbot.addWidget(fresh)
+    assert fresh.config.network.rank == 16
+
+
+def test_a_broken_session_file_is_ignored(qtbot, private_settings: Path) -> None:
+    private_settings.mkdir(parents=True)
+    (private_settings / "last-session.toml").write_text("[network]\nrank = -3\n")
+    window = MainWindow(remember=True)
+    qtbot.addWidget(window)
+    assert window.config.network.rank == 16
+
+
+def test_queued_settings_run_after_the_current_run(qtbot, ready_window) -> None:
+    window = ready_window
+    scripts = [[Started("a", 5)], [Started("b", 5), Finished("b.safetensors", 5)]]
+    window.run.job_factory = lambda spec: FakeJob(spec, scripts.pop(0))
+    qtbot.mouseClick(window.run.queue_button, Qt.LeftButton)  # idle: starts at once
+    first = FakeJob.instances[-1]
+    window.binder.set_value("network", "rank", 8)
+    qtbot.mouseClick(window.run.queue_button, Qt.LeftButton)  # running: waits
+    assert len(window.run.queue) == 1 and "1 run(s) waiting" in window.run.queue_label.text()
+    first.pending = [Finished("a.safetensors", 5)]
+    qtbot.waitUntil(lambda: len(FakeJob.instances) == 2, timeout=3000)
+    second = FakeJob.instances[-1]
+    assert first.spec.config["network"]["rank"] == 16 and second.spec.config["network"]["rank"] == 8
+    assert second.spec.run_dir != first.spec.run_dir
+    qtbot.waitUntil(lambda: second.done, timeout=3000)
+    assert not window.run.queue
+
+
+@pytest.mark.parametrize("answer", ["stop", "wait"])
+def test_closing_while_training_asks(qtbot, ready_window, monkeypatch, answer: str) -> None:
+    window = ready_window
+    window.run.job_factory = lambda spec: FakeJob(spec, [Started("x", 100)])
+    window.show()
+    window.run.start()
+    job = FakeJob.instances[-1]
+    monkeypatch.setattr(window, "ask_close", lambda: answer)
+    window.close()
+    assert window.isVisible()  # never closes under a running job
+    assert job.sent == (["stop"] if answer == "stop" else [])
+    job.pending = [Finished("x.safetensors", 100)]
+    qtbot.waitUntil(lambda: job.done, timeout=3000)
+    qtbot.wait(50)
+    assert window.isVisible() == (answer == "wait")
+
+
+def test_a_bad_settings_file_is_refused_in_plain_words(qtbot, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[network]\nrnak = 4\n[output]\nname = "<b>bold</b>"\n')
+    window = MainWindow()
+    qtbot.addWidget(window)
+    assert not window.load_config_file(bad)
+    box = window.last_message
+    assert box.textFormat() == Qt.PlainText
+    assert "rnak" in box.text() and "rank" in box.text()
+    assert window.config.network.rank == 16  # nothing half-loaded
+    box.close()
+
+
+def test_the_window_fits_a_1366x768_laptop(qtbot) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.resize(1366, 700)
+    window.show()
+    for name in ("Dataset", "Network", "Run", "Export"):
+        window.show_section(name)
+        hint = window.minimumSizeHint()
+        assert hint.width() <= 1366 and hint.height() <= 700, (name, hint)
+    assert window.size().width() <= 1366 and window.size().height() <= 700

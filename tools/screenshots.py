@@ -1,0 +1,125 @@
+"""Screenshots of every section of the real window, for docs/screenshots/ and the README.
+
+    python tools/screenshots.py            # under X (e.g. `xvfb-run -s "-screen 0 1366x768x24"`)
+    python tools/screenshots.py --offscreen  # no display at all: Qt's offscreen platform
+
+The window is sized for a 1366x768 laptop, filled with a small shapes dataset, the SD 1.5
+configs from assets/ as the base model (so the architecture and layer count show), and a
+recorded run (loss curve, previews) replayed into the Run section. No torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def demo_run(run_dir: Path, prompts: list[str], total: int = 300) -> Path:
+    """A recorded run: a falling noisy loss curve and previews every 100 steps."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    from trainer.events import EventLog, Finished, Log, Loss, Progress, Sample, Saved, Started
+
+    rng = random.Random(0)
+    log = EventLog(run_dir)
+    log.write(Started(str(run_dir), total))
+    log.write(Log("info", "dataset: 12 images, 1 bucket (512x512), 0 skipped"))
+    for step in range(1, total + 1):
+        loss = 0.09 + 0.08 * math.exp(-step / 80) + rng.uniform(-0.03, 0.03)
+        log.write(Loss(step, loss, 1e-4 * min(1.0, step / 30)))
+        log.write(Progress(step, total, 1 + step // 12, 3.2, (total - step) / 3.2))
+        if step % 100 == 0:
+            for index, prompt in enumerate(prompts):
+                for scale in (0.0, 1.0):
+                    image = Image.new("RGB", (128, 128), (235, 235, 230))
+                    draw = ImageDraw.Draw(image)
+                    amount = scale * step / total
+                    colour = (int(60 + 160 * amount), 90, int(200 - 120 * amount))
+                    box = (24, 24, 104, 104)
+                    (draw.ellipse if index == 0 else draw.rectangle)(box, fill=colour)
+                    buffer = io.BytesIO()
+                    image.save(buffer, "PNG")
+                    log.write(Sample(step, prompt, 1234 + index, scale, buffer.getvalue()))
+            checkpoint = run_dir / "checkpoints" / f"step-{step:06d}"
+            checkpoint.mkdir(parents=True, exist_ok=True)  # empty: only the picker lists them
+            log.write(Saved(str(checkpoint), "checkpoint", step))
+    log.write(Saved(str(run_dir / "my_shapes.safetensors"), "lora", total))
+    log.write(Finished(str(run_dir / "my_shapes.safetensors"), total))
+    log.close()
+    return run_dir
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    parser.add_argument("--offscreen", action="store_true", help="use Qt's offscreen platform")
+    args = parser.parse_args()
+    if args.offscreen or not os.environ.get("DISPLAY"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+    from PySide6.QtWidgets import QApplication
+
+    from app.main import SECTIONS, MainWindow
+    from synthetic import make_shapes_dataset
+
+    app = QApplication.instance() or QApplication(sys.argv)
+    work = Path(tempfile.mkdtemp(prefix="lora-studio-shots-"))
+    make_shapes_dataset(work / "10_shapes", 12)
+    window = MainWindow()
+    window.resize(1366, 768)
+    window.load_preset("sd15-style")
+    window.dataset.table.add_row(work / "10_shapes")
+    model = work / "sd15"  # the shipped SD 1.5 configs + a stand-in weights file (not read)
+    shutil.copytree(ROOT / "assets" / "sd15", model)
+    (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x02" + b"\0" * 7 + b"{}")
+    window.model.set_path(str(model))
+    prompts = ["a red circle, zzshapes", "a blue square, zzshapes"]
+    for section, name, value in (
+            ("dataset", "trigger_word", "zzshapes"), ("sampling", "prompts", prompts),
+            ("sampling", "every_n_steps", 100), ("output", "name", "my_shapes"),
+            ("metadata", "title", "Flat shapes"), ("metadata", "author", "An Artist"),
+            ("metadata", "tags", ["shapes", "flat colour"]), ("metadata", "trigger_phrase", "zzshapes"),
+            ("metadata", "description", "Bold flat shapes on a pale background.")):
+        window.binder.set_value(section, name, value)
+    window.binder.load(window.config)
+    window.run.runs_folder.setText(str(work / "runs"))
+    window.open_run(demo_run(work / "runs" / "my_shapes-demo", prompts))
+    cover = sorted((work / "runs" / "my_shapes-demo" / "samples").glob("step000300_01_*"))[0]
+    window.binder.set_value("metadata", "cover_image", str(cover))
+    window.binder.load(window.config)
+    window.show()
+    import time
+
+    deadline = time.monotonic() + 30  # let the thumbnails and the health report arrive
+    window.dataset.health.check()
+    while time.monotonic() < deadline and (window.dataset.health.process is not None
+                                           or window.dataset.thumbnails.loaded < 12):
+        app.processEvents()
+        time.sleep(0.02)
+    window.dataset.thumbnails.grid.setCurrentRow(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in SECTIONS:
+        window.show_section(name)
+        for _ in range(5):
+            app.processEvents()
+        file = args.out / f"{SECTIONS.index(name) + 1}-{name.lower().replace(' ', '-')}.png"
+        window.grab().save(str(file))
+        print(file)
+    window.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
