@@ -252,3 +252,26 @@ def test_epoch_checkpoints_land_on_step_boundaries(tiny_model, shapes, tmp_path:
     # batches consumed at each save: 4 (epoch 1 ended at 3), 6 (epoch 2 ended), 10, 12 (end)
     assert [(s["step"], s["epoch"] * 3 + s["batch_in_epoch"]) for s in states] == [
         (2, 4), (3, 6), (5, 10), (6, 12)]
+
+
+def test_resume_alone_continues_with_the_runs_own_config(tiny_model, shapes, tmp_path: Path,
+                                                         capsys) -> None:
+    from trainer.loop import TrainControl
+
+    run = tmp_path / "run"
+    control = TrainControl()
+    control.on_step = lambda step: control.stop.set() if step == 2 else None
+    train(tiny_config(tiny_model[0], shapes, run, schedule={"max_train_steps": 4}), run,
+          control=control)
+    assert cli(["train", "--resume", str(run / "checkpoints" / "step-000002")]) == 0
+    assert f"LoRA written to {run / 'tiny_lora.safetensors'}" in capsys.readouterr().out
+    assert [s for s, _, _ in losses(run)] == [1, 2, 3, 4]
+
+
+def test_a_full_disk_is_its_own_kind_of_failure() -> None:
+    import errno
+
+    from trainer.failures import classify
+
+    failed = classify(OSError(errno.ENOSPC, "No space left on device"))
+    assert failed.kind == "disk_full" and "free some disk space" in failed.hint

@@ -9,6 +9,7 @@ fsynced, then renamed, so a crash leaves either the old set of checkpoints or th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,9 @@ PREFIX = "step-"
 # Config fields a run may change on resume without changing what it computes.
 RESUME_FREE_FIELDS = {"sampling", "output", "metadata", "precision.threads", "model.path",
                       "dataset.kohya_config", "dataset.folders", "network.init_from"}
+
+
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class CheckpointError(ValueError):
@@ -84,17 +88,26 @@ def save_checkpoint(run_dir: Path, position: TrainingPosition, lora: dict[str, t
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{position.step:06d}"
     tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(lora, tmp / "lora.safetensors")
-    torch.save(training_state, tmp / "training_state.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(position), indent=1), encoding="utf-8")
-    (tmp / "config.toml").write_text(config_toml, encoding="utf-8")
-    if metadata is not None:
-        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1), encoding="utf-8")
-    for child in tmp.iterdir():
-        _fsync_file(child)
-    _fsync_dir(tmp)
+    for stale in root.glob(f".{PREFIX}*.tmp"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        save_file(lora, tmp / "lora.safetensors")
+        torch.save(training_state, tmp / "training_state.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(position), indent=1), encoding="utf-8")
+        (tmp / "config.toml").write_text(config_toml, encoding="utf-8")
+        if metadata is not None:
+            (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1), encoding="utf-8")
+        for child in tmp.iterdir():
+            _fsync_file(child)
+        _fsync_dir(tmp)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)  # the earlier checkpoints are untouched
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            raise OSError(error.errno, f"the disk is full: checkpoint {final.name} could not be "
+                          f"written in {root}; the earlier checkpoints are kept. Free some space "
+                          "and resume the run", str(final)) from error
+        raise
     if final.exists():  # a re-save of the same step (SaveNow at the last step)
         shutil.rmtree(final)
     os.replace(tmp, final)

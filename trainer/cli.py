@@ -43,8 +43,22 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
                                                       "rank and targets)")
 
 
+def resumed_run_dir(resume: Path) -> Path:
+    """The run folder of `--resume`: the folder itself, or the run holding a checkpoint."""
+    resume = resume.resolve()
+    return resume.parents[1] if resume.parent.name == "checkpoints" else resume
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     data: dict[str, Any] = {}
+    resume = getattr(args, "resume", None)
+    if resume and not (args.preset or args.config):
+        # `lora-train train --resume RUN_DIR` alone continues the run with the config it ran.
+        run_dir = resumed_run_dir(resume)
+        if not (run_dir / "config.toml").exists():
+            raise ConfigError(f"{run_dir} has no config.toml; pass --config or --preset too")
+        data = load_config_data(run_dir / "config.toml")
+        data.setdefault("output", {}).setdefault("dir", str(run_dir))
     if args.preset:
         data = merge(data, load_config_data(preset_path(args.preset)))
     if args.config:

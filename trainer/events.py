@@ -97,7 +97,7 @@ class Finished(Event):
 @dataclass
 class Failed(Event):
     type: ClassVar[str] = "failed"
-    kind: str  # dataset | model | config | out_of_memory | nan | crashed | internal
+    kind: str  # dataset | model | config | out_of_memory | nan | disk_full | crashed | internal
     message: str
     hint: str = ""
 

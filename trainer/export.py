@@ -8,6 +8,8 @@ tensors once before the real header is written (the data section does not depend
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import os
@@ -68,6 +70,8 @@ def write_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     header = {k: str(v) for k, v in metadata.items()}
     header.update({"sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash})
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # from a killed export
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -75,8 +79,14 @@ def write_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC,
+                                                          getattr(errno, "EDQUOT", errno.ENOSPC)):
+            kept = "the earlier file there is kept" if path.exists() else "nothing was written"
+            raise OSError(error.errno, f"the disk is full: {path.name} could not be written in "
+                          f"{path.parent} ({kept}). Free some space and export again",
+                          str(path)) from error
         raise
     return path
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from trainer.events import Failed
 
 HINTS = {
@@ -12,6 +14,8 @@ HINTS = {
            "the last good checkpoint is kept",
     "out_of_memory": "lower the batch size or resolution, enable gradient checkpointing and "
                      "latent caching, or use mixed precision fp16",
+    "disk_full": "free some disk space; the earlier checkpoints and LoRA files are kept, and "
+                 "`lora-train train --resume RUN_DIR` continues",
     "internal": "this is a bug in LoRA Studio; the run folder's events.jsonl has the details",
 }
 
@@ -38,6 +42,8 @@ def classify(error: BaseException) -> Failed:
         kind = "nan"
     elif _is_out_of_memory(error):
         kind = "out_of_memory"
+    elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        kind = "disk_full"
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if kind == "internal":
         message = f"{type(error).__name__}: {message}"

@@ -662,5 +662,9 @@ def init_network_from(network, path: Path | str) -> None:
         raise NetworkError(f"network.init_from: {path.name} has alpha {shown} but this run's "
                            f"network.alpha is {network.alpha:g}; set network.alpha = "
                            f"{alphas.most_common(1)[0][0]:g}")
-    tensors = {key: value.to(torch.float32) for key, value in lora.kohya_tensors().items()}
-    network.load_state_dict(tensors)
+    try:
+        tensors = {key: value.to(torch.float32) for key, value in lora.kohya_tensors().items()}
+        network.load_state_dict(tensors)
+    except (LoraFileError, NetworkError) as error:  # e.g. a tensor of the wrong shape
+        message = str(error).removeprefix(f"{path.name}: ")
+        raise NetworkError(f"network.init_from: {path.name}: {message}") from None
