@@ -216,3 +216,24 @@ def test_resume_continues_in_the_same_folder(qtbot, ready_window, tmp_path: Path
     assert window.resume_run(run_dir)
     job = FakeJob.instances[-1]
     assert job.spec.resume == str(run_dir) and job.spec.run_dir == str(run_dir)
+
+
+def test_text_from_files_is_shown_as_plain_text(qtbot, tmp_path: Path) -> None:
+    """A prompt or log line with markup (from a run folder someone sent) is never rendered as
+    rich text: every label showing it is PlainText."""
+    from PySide6.QtWidgets import QLabel
+
+    run_dir = tmp_path / "hostile"
+    log = EventLog(run_dir)
+    log.write(Started(str(run_dir), 1))
+    log.write(Loss(1, 0.5, 1e-4))
+    markup = '<b>bold</b><img src="file:///etc/passwd"><a href="http://x">link</a>'
+    log.write(Sample(1, markup, 1, 1.0, png_bytes=png((10, 20, 30))))
+    log.write(Failed("internal", markup, markup))
+    log.close()
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.open_run(run_dir)
+    showing = [label for label in window.findChildren(QLabel) if "<b>" in label.text()]
+    assert showing, "the prompt is shown somewhere"
+    assert all(label.textFormat() == Qt.PlainText for label in showing)
