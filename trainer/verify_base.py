@@ -132,6 +132,21 @@ def _max_diff(a, b) -> float:
     return float((a.double() - b.double()).abs().max())
 
 
+def _check_strengths(report: VerifyReport, pipe, part: str, note: str, before, output) -> None:
+    """At strength 1 the output must move away from the base; at strength 0 it must be the base."""
+    pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
+    full = output()
+    pipe.set_adapters([ADAPTER], adapter_weights=[0.0])
+    zero = output()
+    scale = float(before.abs().max()) or 1.0
+    changed, same = _max_diff(full, before), _max_diff(zero, before)
+    report.add(f"{part} output changes at strength 1", changed > 1e-5 * scale,
+               f"max |difference| {changed:.3g} from the base{note}" if changed > 1e-5 * scale
+               else f"max |difference| {changed:.3g}: the LoRA does nothing to the {part}")
+    report.add(f"{part} output equals the base at strength 0", same <= 1e-6 * scale,
+               f"max |difference| {same:.3g}")
+
+
 def check_diffusers(lora: LoraFile, modules: dict[str, dict[str, str]], base_model_path: Path,
                      base, report: VerifyReport) -> None:
     import torch
@@ -179,31 +194,11 @@ def check_diffusers(lora: LoraFile, modules: dict[str, dict[str, str]], base_mod
 
     loaded = [n for n in targets if n not in not_loaded]
     if has_unet:
-        pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
-        full = _unet_output(pipe.unet)
-        pipe.set_adapters([ADAPTER], adapter_weights=[0.0])
-        zero = _unet_output(pipe.unet)
-        scale = float(unet_before.abs().max()) or 1.0
-        changed, same = _max_diff(full, unet_before), _max_diff(zero, unet_before)
-        report.add("U-Net output changes at strength 1", changed > 1e-5 * scale,
-                   f"max |difference| {changed:.3g} from the base (fixed seed)"
-                   if changed > 1e-5 * scale else
-                   f"max |difference| {changed:.3g}: the LoRA does nothing to the U-Net")
-        report.add("U-Net output equals the base at strength 0", same <= 1e-6 * scale,
-                   f"max |difference| {same:.3g}")
+        _check_strengths(report, pipe, "U-Net", " (fixed seed)", unet_before,
+                         lambda: _unet_output(pipe.unet))
     if has_text:
-        pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
-        full = _text_output(pipe.text_encoder, pipe.tokenizer)
-        pipe.set_adapters([ADAPTER], adapter_weights=[0.0])
-        zero = _text_output(pipe.text_encoder, pipe.tokenizer)
-        scale = float(text_before.abs().max()) or 1.0
-        changed, same = _max_diff(full, text_before), _max_diff(zero, text_before)
-        report.add("text-encoder output changes at strength 1", changed > 1e-5 * scale,
-                   f"max |difference| {changed:.3g} from the base"
-                   if changed > 1e-5 * scale else
-                   f"max |difference| {changed:.3g}: the LoRA does nothing to the text encoder")
-        report.add("text-encoder output equals the base at strength 0", same <= 1e-6 * scale,
-                   f"max |difference| {same:.3g}")
+        _check_strengths(report, pipe, "text-encoder", "", text_before,
+                         lambda: _text_output(pipe.text_encoder, pipe.tokenizer))
     pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
 
     if not loaded:
