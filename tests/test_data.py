@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -281,24 +280,6 @@ def test_steps_per_epoch_pinned(tmp_path):
     assert report.steps_per_epoch() == 3 + 1  # buckets are batched separately
     info = bucket_info(report)
     assert info["buckets"]["1"] == {"resolution": [832, 256], "count": 2}
-
-
-def test_scan_of_1000_small_images_is_quick(tmp_path):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    png = io.BytesIO()
-    Image.new("RGB", (64, 64), (1, 2, 3)).save(png, "PNG")
-    for i in range(1000):
-        (folder / f"{i:04d}.png").write_bytes(png.getvalue())
-        (folder / f"{i:04d}.txt").write_text("tag")
-    start = time.perf_counter()
-    report = scan_dataset(config_for(folder))
-    elapsed = time.perf_counter() - start
-    print(f"\nscanned 1000 images in {elapsed:.2f} s")
-    assert len(report.items) == 1000 and report.skipped == []
-
-
-# ---------------------------------------------------------------- images
 
 
 def test_exif_rotated_jpeg_has_swapped_size(tmp_path):

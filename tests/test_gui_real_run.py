@@ -14,7 +14,7 @@ from PySide6.QtCore import Qt, QTimer
 
 from app.main import MainWindow
 from trainer.events import Finished, Sample
-from tests.synthetic import make_shapes_dataset
+from synthetic import make_shapes_dataset
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 from app.main import MainWindow
 from trainer.events import (EventLog, Failed, Finished, Log, Loss, Progress, Sample, Saved, Started,
                             read_events)
-from tests.synthetic import make_shapes_dataset
+from synthetic import make_shapes_dataset
 
 PROMPTS = ["a red circle", "a blue square"]
 

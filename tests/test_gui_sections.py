@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QPlainTextEdit
 
 from app.main import MainWindow
 from app.model_info import attention_modules, inspect_model, lora_parameter_count, selected_modules
-from tests.synthetic import make_shapes_dataset
+from synthetic import make_shapes_dataset
 
 SD15_UNET = Path(__file__).resolve().parent.parent / "assets" / "sd15" / "unet" / "config.json"
 
@@ -186,7 +186,7 @@ def test_module_count_rules() -> None:
 
 
 def test_the_health_report_lists_a_bad_file(qtbot, tmp_path: Path) -> None:
-    from tests.synthetic import add_bad_files
+    from synthetic import add_bad_files
 
     images = tmp_path / "images"
     make_shapes_dataset(images, 3)

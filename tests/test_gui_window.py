@@ -9,7 +9,7 @@ from PySide6.QtCore import Qt
 
 from app.main import MainWindow
 from app.session import CONFIG_DIR_ENV, recent_files
-from tests.test_gui_run import FakeJob, ready_window  # noqa: F401 - a fixture
+from test_gui_run import FakeJob, ready_window  # noqa: F401 - a fixture
 from trainer.events import Finished, Started
 
 

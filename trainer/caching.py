@@ -29,7 +29,8 @@ def default_cache_dir() -> Path:
 def vae_fingerprint(vae: torch.nn.Module) -> str:
     """Cheap identity of a VAE: its config and a few of its weights."""
     digest = hashlib.sha256(repr(sorted(dict(vae.config).items())).encode())
-    for name, tensor in list(vae.state_dict().items())[:: max(1, len(vae.state_dict()) // 8)]:
+    tensors = list(vae.state_dict().items())
+    for name, tensor in tensors[:: max(1, len(tensors) // 8)]:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
     return digest.hexdigest()[:16]
