@@ -95,7 +95,19 @@ class Job:
                 out.append(self._note(event))
         if not self.done:
             out.extend(self._check_alive())
+        if self.done:
+            self._release()
         return out
+
+    def _release(self) -> None:
+        """Let the child exit and drop the queues, so nothing is left for interpreter shutdown."""
+        if self._process is not None:
+            self._process.join(timeout=5)
+        for channel in (self._events, self._commands):
+            if channel is not None:
+                channel.close()
+                channel.join_thread()
+        self._events = self._commands = None
 
     def events(self, poll_interval: float = 0.2) -> Iterator[Event]:
         """Every event until the job ends (for the CLI and tests)."""

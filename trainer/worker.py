@@ -154,4 +154,4 @@ def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
         disk.close()
         events.close()
         events.join_thread()  # make sure the last events are flushed before exiting
-    os._exit(code)
+    sys.exit(code)  # a normal exit: library finalizers (tqdm's lock) clean up after themselves
