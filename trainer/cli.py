@@ -160,6 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         job.start()
         for event in job.events():
             printer.handle(event)
+        job.wait()  # let the child finish its own clean-up before this process exits
     finally:
         signal.signal(signal.SIGINT, previous)
         printer.close()

@@ -81,6 +81,7 @@ class Job:
     def poll(self, timeout: float = 0.0) -> list[Event]:
         """Events that arrived (waiting up to `timeout` for the first one); never blocks longer."""
         if self._events is None or self.done:
+            self._release()
             return []
         out: list[Event] = []
         deadline = time.monotonic() + timeout
@@ -99,10 +100,16 @@ class Job:
             self._release()
         return out
 
-    def _release(self) -> None:
-        """Let the child exit and drop the queues, so nothing is left for interpreter shutdown."""
+    def wait(self, timeout: float = 10.0) -> None:
+        """Block until the child process has exited (the CLI, before it exits itself)."""
         if self._process is not None:
-            self._process.join(timeout=5)
+            self._process.join(timeout)
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the queues once the child has exited (never waits: the GUI calls poll)."""
+        if self._process is not None and self._process.is_alive():
+            return  # still winding down after Finished/Failed; a later poll releases
         for channel in (self._events, self._commands):
             if channel is not None:
                 channel.close()
