@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.config import NetworkConfig
+
 SD15_UNET_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "sd15" / "unet" / "config.json"
 PROJECTION_NAMES = ("to_q", "to_k", "to_v", "to_out.0")
 MAX_HEADER = 100 * 1024 * 1024
@@ -165,16 +167,13 @@ def _block_of(name: str) -> tuple[str, str]:
     return kind.removesuffix("_blocks"), index
 
 
-def selected_modules(unet: dict, blocks: list[str], attention: list[str],
-                     projections: list[str]) -> list[tuple[str, int, int]]:
-    """The projections the network settings pick (same rule as the trainer's selection)."""
+def selected_modules(unet: dict, network: NetworkConfig) -> list[tuple[str, int, int]]:
+    """The projections the network settings pick (the trainer asks the same
+    `NetworkConfig.selects`, so the count shown is the count trained)."""
     out = []
     for name, fan_in, fan_out in attention_modules(unet):
-        kind, index = _block_of(name)
-        _, attn, proj = name.rsplit(".", 2) if not name.endswith("to_out.0") else \
-            (None, name.split(".")[-3], "to_out.0")
-        if (kind in blocks or f"{kind}.{index}" in blocks) and attn in attention \
-                and proj in projections:
+        _, attn, proj = name.split(".transformer_blocks.")[1].split(".", 2)
+        if network.selects(*_block_of(name), attn, proj):
             out.append((name, fan_in, fan_out))
     return out
 

@@ -9,56 +9,93 @@ from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLineEdit, QPlainTextEdit
 from app.binding import Binder, dspin, number_edit, spin
 from app.forms import Folding, Page, plain_label
 from app.model_info import ModelInfo, lora_parameter_count, selected_modules
+from trainer.config import TARGET_PATTERN, NetworkConfig
 
 BLOCKS = [("down", "Down blocks (coarse layout, composition)"),
           ("mid", "Middle block"),
           ("up", "Up blocks (details, style)")]
-ATTENTION = [("attn1", "Self-attention (attn1): how the image relates to itself"),
-             ("attn2", "Cross-attention (attn2): how words steer the image")]
+ATTENTION = [("attn1", "Self-attention (attn1)", "How the image relates to itself."),
+             ("attn2", "Cross-attention (attn2)", "How the words of the prompt steer the image.")]
 PROJECTIONS = [("to_q", "q (query)"), ("to_k", "k (key)"), ("to_v", "v (value)"),
                ("to_out.0", "out (output)")]
-GROUPS = {"blocks": ("Blocks", BLOCKS), "attention": ("Attention", ATTENTION),
-          "projections": ("Projections", PROJECTIONS)}
+ALL_PROJECTIONS = [value for value, _ in PROJECTIONS]
 TARGET_PRESETS = {
-    "attention (all)": (["down", "mid", "up"], ["attn1", "attn2"],
-                        ["to_q", "to_k", "to_v", "to_out.0"]),
-    "cross-attention only": (["down", "mid", "up"], ["attn2"], ["to_q", "to_k", "to_v", "to_out.0"]),
-    "self-attention only": (["down", "mid", "up"], ["attn1"], ["to_q", "to_k", "to_v", "to_out.0"]),
+    "attention (all)": (["down", "mid", "up"], ["attn1", "attn2"], ALL_PROJECTIONS),
+    "cross-attention only": (["down", "mid", "up"], ["attn2"], ALL_PROJECTIONS),
+    "self-attention only": (["down", "mid", "up"], ["attn1"], ALL_PROJECTIONS),
 }
+NETWORK_DEFAULTS = NetworkConfig()
+
+
+def as_settings(entries: list[str]) -> dict[str, list[str] | None]:
+    """The network fields for a list of target entries: blocks × attention × projections when
+    the entries are exactly such a product (so presets stay in the form older files use),
+    else `targets` with the other three at their defaults (they are ignored then)."""
+    if not entries:  # refused with its reason; the other fields keep their meaning
+        return {"targets": []}
+    parts = [TARGET_PATTERN.match(entry) for entry in entries]
+    blocks = list(dict.fromkeys(part["kind"] + (f".{part['index']}" if part["index"] else "")
+                                for part in parts))
+    attention = list(dict.fromkeys(part["attn"] for part in parts))
+    projections = [p for p in ALL_PROJECTIONS if any(part["proj"] == p for part in parts)]
+    if len(set(entries)) == len(blocks) * len(attention) * len(projections):
+        return {"targets": None, "blocks": blocks, "attention": attention,
+                "projections": projections}
+    return {"targets": list(entries), "blocks": NETWORK_DEFAULTS.blocks,
+            "attention": NETWORK_DEFAULTS.attention, "projections": NETWORK_DEFAULTS.projections}
 
 
 class TargetTree(QTreeWidget):
-    """Three groups of check boxes: blocks × attention kind × projection (every combination of
-    the ticked ones gets an adapter)."""
+    """Block > attention kind > projection, one check box per leaf; a parent's box ticks or
+    unticks everything under it and shows partly ticked when its leaves differ."""
 
     def __init__(self) -> None:
         super().__init__()
         self.setHeaderHidden(True)
-        self.setMinimumHeight(260)
-        self.items: dict[str, dict[str, QTreeWidgetItem]] = {}
-        for field, (title, entries) in GROUPS.items():
-            top = QTreeWidgetItem([title])
-            top.setFlags(top.flags() | Qt.ItemIsAutoTristate | Qt.ItemIsUserCheckable)
-            self.addTopLevelItem(top)
-            self.items[field] = {}
-            for value, label in entries:
-                child = QTreeWidgetItem([label])
-                child.setFlags(child.flags() | Qt.ItemIsUserCheckable)
-                child.setCheckState(0, Qt.Checked)
-                child.setData(0, Qt.UserRole, value)
-                top.addChild(child)
-                self.items[field][value] = child
-        self.expandAll()
+        self.setMinimumHeight(240)
+        self.leaves: dict[str, QTreeWidgetItem] = {}  # "up.attn2.to_k" -> leaf
+        for kind, label in BLOCKS:
+            block = self._item(self, label, f"All attention layers of the {label.lower()}.")
+            for attn, attn_label, tip in ATTENTION:
+                group = self._item(block, attn_label, tip)
+                for proj, proj_label in PROJECTIONS:
+                    key = f"{kind}.{attn}.{proj}"
+                    leaf = self._item(group, proj_label, f"{key}: the {proj_label} projection.")
+                    leaf.setData(0, Qt.UserRole, key)
+                    self.leaves[key] = leaf
+        self.expandToDepth(0)
 
-    def values(self, field: str) -> list[str]:
-        return [value for value, item in self.items[field].items()
-                if item.checkState(0) == Qt.Checked]
+    @staticmethod
+    def _item(parent, label: str, tip: str) -> QTreeWidgetItem:
+        item = QTreeWidgetItem(parent, [label])
+        item.setFlags(item.flags() | Qt.ItemIsUserCheckable | Qt.ItemIsAutoTristate)
+        item.setCheckState(0, Qt.Checked)
+        item.setToolTip(0, tip)
+        return item
 
-    def show_values(self, field: str, values: list[str]) -> None:
-        for value, item in self.items[field].items():
-            whole = value in values or (field == "blocks" and any(
-                v.startswith(value + ".") for v in values))
-            item.setCheckState(0, Qt.Checked if whole else Qt.Unchecked)
+    def entries(self, current: list[str]) -> list[str]:
+        """The ticked leaves as target entries; a partly ticked leaf (a file picked single
+        blocks such as 'down.1.attn1.to_q') keeps the entries of `current` it stands for."""
+        out = []
+        for key, leaf in self.leaves.items():
+            state = leaf.checkState(0)
+            if state == Qt.Checked:
+                out.append(key)
+            elif state == Qt.PartiallyChecked:
+                out += [entry for entry in current if _leaf_key(entry) == key and entry != key]
+        return out
+
+    def show_entries(self, entries: list[str]) -> None:
+        for key, leaf in self.leaves.items():
+            some = any(_leaf_key(entry) == key for entry in entries)
+            leaf.setCheckState(0, Qt.Checked if key in entries else
+                               Qt.PartiallyChecked if some else Qt.Unchecked)
+
+
+def _leaf_key(entry: str) -> str:
+    """'down.1.attn1.to_q' -> 'down.attn1.to_q' (the tree's leaf for it)."""
+    part = TARGET_PATTERN.match(entry)
+    return f"{part['kind']}.{part['attn']}.{part['proj']}"
 
 
 class NetworkSection(Page):
@@ -93,8 +130,8 @@ class NetworkSection(Page):
         row.addStretch()
         self.row("Layer presets", presets)
         self.tree = TargetTree()
-        self.tree.setToolTip("The layers that get a LoRA. Every ticked block × attention kind × "
-                             "projection is trained.")
+        self.tree.setToolTip("The layers that get a LoRA: tick or untick any projection of any "
+                             "block; a block's or attention kind's box sets all of its layers.")
         self.tree.itemChanged.connect(self._tree_edited)
         self.row("Target layers", self.tree)
         self.tree_error = plain_label()
@@ -136,34 +173,32 @@ class NetworkSection(Page):
 
     def apply_target_preset(self, name: str) -> None:
         blocks, attention, projections = TARGET_PRESETS[name]
-        for field, values in (("blocks", blocks), ("attention", attention),
-                              ("projections", projections)):
-            self.binder.set_value("network", field, list(values))
+        self._write({"targets": None, "blocks": blocks, "attention": attention,
+                     "projections": projections})
         self._show_tree()
 
     def _tree_edited(self, item: QTreeWidgetItem, column: int) -> None:
-        if self._syncing or item.parent() is None:
+        # A parent's box changes each leaf under it, one signal per leaf; parents are skipped.
+        if self._syncing or item.childCount():
             return
-        field = next(f for f, items in self.tree.items.items() if item in items.values())
-        values = self.tree.values(field)
-        if field == "blocks":  # keep single blocks ("down.1") the user set in a file
-            kept = [b for b in self.binder.config.network.blocks
-                    if "." in b and b.split(".")[0] in values]
-            values = [v for v in values if not any(k.startswith(v + ".") for k in kept)] + kept
-        self.binder.set_value("network", field, values)
+        current = self.binder.config.network.target_layers
+        self._write(as_settings(self.tree.entries(current)))
+
+    def _write(self, settings: dict) -> None:
+        for name, value in settings.items():
+            self.binder.set_value("network", name, list(value) if value is not None else None)
 
     def _show_tree(self) -> None:
         self._syncing = True
         try:
-            network = self.binder.config.network
-            for field in GROUPS:
-                self.tree.show_values(field, getattr(network, field))
+            self.tree.show_entries(self.binder.config.network.target_layers)
         finally:
             self._syncing = False
 
     def _show_tree_error(self) -> None:
-        errors = [f"{field}: {self.binder.errors[f'network.{field}']}" for field in GROUPS
-                  if f"network.{field}" in self.binder.errors]
+        errors = [f"{name}: {self.binder.errors[f'network.{name}']}"
+                  for name in ("targets", "blocks", "attention", "projections")
+                  if f"network.{name}" in self.binder.errors]
         self.tree_error.setText("\n".join(errors))
         self.tree_error.setVisible(bool(errors))
 
@@ -185,8 +220,7 @@ class NetworkSection(Page):
             self.count.setText("Pick an SD 1.x diffusers folder or .safetensors file to see how "
                                "many layers and parameters this trains.")
             return
-        modules = selected_modules(self.info.unet_config, network.blocks, network.attention,
-                                   network.projections)
+        modules = selected_modules(self.info.unet_config, network)
         params = lora_parameter_count(modules, network.rank)
         self.modules = modules
         self.module_list.setPlainText("\n".join(

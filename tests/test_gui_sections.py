@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QPlainTextEdit
 from app.main import MainWindow
 from app.model_info import attention_modules, inspect_model, lora_parameter_count, selected_modules
 from synthetic import make_shapes_dataset
+from trainer.config import NetworkConfig
 
 SD15_UNET = Path(__file__).resolve().parent.parent / "assets" / "sd15" / "unet" / "config.json"
 
@@ -96,7 +97,9 @@ def test_every_section_round_trips_through_a_preset_file(qtbot, tmp_path: Path) 
     assert other.binder.widget("network.rank").value() == 32
     assert other.binder.widget("metadata.tags").text() == "shapes, test"
     assert other.dataset.table.rowCount() == 1
-    assert other.network.tree.values("attention") == ["attn2"]
+    leaves = other.network.tree.leaves
+    assert leaves["up.attn2.to_q"].checkState(0) == Qt.Checked
+    assert leaves["up.attn1.to_q"].checkState(0) == Qt.Unchecked
 
 
 def test_a_bad_value_shows_next_to_its_field_and_blocks_start(qtbot, tmp_path: Path) -> None:
@@ -148,12 +151,57 @@ def test_target_tree_and_module_count_follow_the_unet_config(qtbot, tmp_path: Pa
     assert "64 U-Net modules" in window.network.count.text()
     assert len(window.network.module_list.toPlainText().splitlines()) == 64
     assert "attn2" not in window.network.module_list.toPlainText()
-    window.network.tree.items["blocks"]["down"].setCheckState(0, Qt.Unchecked)  # untick Down blocks
+    window.network.tree.topLevelItem(0).setCheckState(0, Qt.Unchecked)  # untick Down blocks
     assert window.config.network.blocks == ["mid", "up"]
-    for field in ("blocks", "attention", "projections"):
-        for item in window.network.tree.items[field].values():
-            item.setCheckState(0, Qt.Unchecked)
-    assert "network.projections" in window.binder.errors  # none ticked: refused, shown
+    assert window.config.network.targets is None  # still a product: kept in the old form
+    for index in range(3):
+        window.network.tree.topLevelItem(index).setCheckState(0, Qt.Unchecked)
+    assert "network.targets" in window.binder.errors  # none ticked: refused, shown
+    assert "at least one" in window.network.tree_error.text()
+
+
+def test_one_leaf_of_the_target_tree_round_trips_through_a_preset_file(qtbot, tmp_path: Path) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.model.set_path(str(SD15_UNET.parent.parent))  # configs are enough for the count
+    edit(window, "network.rank", 16)
+    assert "128 U-Net modules, 3,188,736 trainable parameters" in window.network.count.text()
+    leaf = window.network.tree.leaves["down.attn1.to_q"]
+    leaf.setCheckState(0, Qt.Unchecked)  # attn1 q everywhere but in the down blocks
+    targets = window.config.network.targets
+    assert len(targets) == 23 and "down.attn1.to_q" not in targets and "up.attn1.to_q" in targets
+    # 6 down transformer blocks (two each 320, 640, 1280 wide) lose a w -> w query: 16 x 2w each
+    assert "122 U-Net modules, 3,045,376 trainable parameters" in window.network.count.text()
+    assert leaf.parent().checkState(0) == Qt.PartiallyChecked  # down > attn1
+    assert leaf.parent().parent().checkState(0) == Qt.PartiallyChecked  # down
+
+    preset = tmp_path / "one-leaf.toml"
+    window.save_config_file(preset, only_changes=True)
+    assert "targets = [" in preset.read_text() and "blocks" not in preset.read_text()
+    other = MainWindow()
+    qtbot.addWidget(other)
+    other.model.set_path(str(SD15_UNET.parent.parent))
+    assert other.load_config_file(preset)
+    assert other.config.network.targets == targets
+    assert other.network.tree.leaves["down.attn1.to_q"].checkState(0) == Qt.Unchecked
+    assert other.network.tree.leaves["down.attn1.to_k"].checkState(0) == Qt.Checked
+    assert other.network.count.text() == window.network.count.text()
+    other.network.tree.leaves["down.attn1.to_q"].setCheckState(0, Qt.Checked)
+    assert other.config.network.targets is None  # every leaf again: back to the plain product
+
+
+def test_single_blocks_from_a_file_show_partly_ticked_and_survive_an_edit(qtbot) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.binder.set_value("network", "targets", ["down.1.attn2.to_k", "up.attn2.to_k"])
+    window.binder.load(window.config)
+    leaves = window.network.tree.leaves
+    assert leaves["down.attn2.to_k"].checkState(0) == Qt.PartiallyChecked
+    assert leaves["up.attn2.to_k"].checkState(0) == Qt.Checked
+    leaves["mid.attn2.to_k"].setCheckState(0, Qt.Checked)
+    network = window.config.network
+    assert network.targets is None and network.attention == ["attn2"]
+    assert network.blocks == ["down.1", "mid", "up"] and network.projections == ["to_k"]
 
 
 def write_safetensors_header(path: Path, keys: list[str]) -> None:
@@ -179,9 +227,11 @@ def test_module_count_rules() -> None:
     unet = json.loads(SD15_UNET.read_text())
     every = attention_modules(unet)
     assert len(every) == 16 * 8  # 6 down + 1 mid + 9 up transformer blocks × 8 projections
-    up_cross = selected_modules(unet, ["up"], ["attn2"], ["to_k"])
+    up_cross = selected_modules(unet, NetworkConfig(blocks=["up"], attention=["attn2"],
+                                                    projections=["to_k"]))
     assert len(up_cross) == 9 and all(fan_in == 768 for _, fan_in, _ in up_cross)
-    assert lora_parameter_count(selected_modules(unet, ["down.1"], ["attn1"], ["to_q"]), 4) \
+    down_1 = NetworkConfig(blocks=["down.1"], attention=["attn1"], projections=["to_q"])
+    assert lora_parameter_count(selected_modules(unet, down_1), 4) \
         == 2 * 4 * (640 + 640)
 
 

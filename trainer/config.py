@@ -18,6 +18,8 @@ SCHEMA_VERSION = 1
 BLOCK_PATTERN = re.compile(r"^(down|mid|up)(\.\d+)?$")
 ATTENTION_KINDS = ("attn1", "attn2")
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+TARGET_PATTERN = re.compile(r"^(?P<kind>down|mid|up)(\.(?P<index>\d+))?\.(?P<attn>attn1|attn2)"
+                            r"\.(?P<proj>to_q|to_k|to_v|to_out\.0)$")
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                     *(f"LPT{i}" for i in range(1, 10))}
 
@@ -99,6 +101,10 @@ class NetworkConfig(Section):
     blocks: list[str] = ["down", "mid", "up"]
     attention: list[Literal["attn1", "attn2"]] = ["attn1", "attn2"]
     projections: list[Literal["to_q", "to_k", "to_v", "to_out.0"]] = list(PROJECTIONS)
+    targets: list[str] | None = Field(
+        None, description="layers one by one as block.attention.projection ('up.attn2.to_k', "
+                          "'down.1.attn1.to_q'); when set it replaces blocks x attention x "
+                          "projections")
     train_text_encoder: bool = False
     text_encoder_lr: PositiveFloat | None = Field(None, description="None: the U-Net rate")
     init_from: Path | None = Field(None, description="an existing LoRA to continue from")
@@ -120,6 +126,35 @@ class NetworkConfig(Section):
         if not value:
             raise ValueError("pick at least one")
         return value
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for target in value:
+            if not TARGET_PATTERN.match(target):
+                raise ValueError(
+                    f"{target!r} is not a target layer; write block.attention.projection like "
+                    "'up.attn2.to_k' (block: down, mid, up or one like down.1; attention: attn1 "
+                    "or attn2; projection: to_q, to_k, to_v or to_out.0)")
+        if not value:
+            raise ValueError("pick at least one target layer")
+        return value
+
+    @property
+    def target_layers(self) -> list[str]:
+        """Every block.attention.projection picked: `targets`, or the cross product."""
+        if self.targets is not None:
+            return self.targets
+        return [f"{block}.{attn}.{proj}" for block in self.blocks for attn in self.attention
+                for proj in self.projections]
+
+    def selects(self, block: str, index: str, attention: str, projection: str) -> bool:
+        """Whether the projection `attention.projection` of U-Net block `block` (down/mid/up)
+        number `index` gets an adapter. The trainer and the window's count both ask this."""
+        chosen, leaf = self.target_layers, f"{attention}.{projection}"
+        return f"{block}.{leaf}" in chosen or f"{block}.{index}.{leaf}" in chosen
 
 
 class OptimizerConfig(Section):

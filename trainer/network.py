@@ -31,25 +31,32 @@ class NetworkError(ValueError):
     """The chosen targets or a LoRA file do not fit the model."""
 
 
-def _block_selected(match: re.Match[str], blocks: list[str]) -> bool:
+def _block_of(match: re.Match[str]) -> tuple[str, str]:
     if match["down"] is not None:
-        kind, index = "down", match["down"]
-    elif match["up"] is not None:
-        kind, index = "up", match["up"]
-    else:
-        kind, index = "mid", "0"
-    return kind in blocks or f"{kind}.{index}" in blocks
+        return "down", match["down"]
+    if match["up"] is not None:
+        return "up", match["up"]
+    return "mid", "0"
 
 
 def select_unet_targets(module_names: list[str], network: NetworkConfig) -> list[str]:
     """The U-Net attention projections the config picks, in model order."""
-    targets = []
+    targets, present, block_names = [], set(), {}
     for name in module_names:
         match = UNET_ATTENTION.match(name)
-        if (match and _block_selected(match, network.blocks) and match["attn"] in network.attention
-                and match["proj"] in network.projections):
+        if not match:
+            continue
+        (block, index), leaf = _block_of(match), f"{match['attn']}.{match['proj']}"
+        present |= {f"{block}.{leaf}", f"{block}.{index}.{leaf}"}
+        block_names[f"{block}.{index}"] = None
+        if network.selects(block, index, match["attn"], match["proj"]):
             targets.append(name)
-    if not targets:
+    missing = [t for t in network.targets or [] if t not in present]
+    if missing:  # a typo'd block number would otherwise train less than asked, silently
+        raise NetworkError(f"network.targets: {missing[0]!r} names no layer of this model "
+                           f"({len(missing)} such entries); its attention blocks are "
+                           f"{', '.join(block_names)}")
+    if not targets:  # (every entry of network.targets names a layer, so not with targets)
         raise NetworkError(
             f"no U-Net module matches blocks={network.blocks}, attention={network.attention}, "
             f"projections={network.projections}; pick blocks that have attention layers")
