@@ -1,0 +1,198 @@
+"""What the benchmarks share: paths, the cached SD 1.5 layout, the bench job config, the two
+timed loops (the project's real run and the bare reference step), FLOP counting and the
+machine's measured fp32 matmul rate.
+
+Import it first (`import common`): it puts the repository and tests/ on sys.path and keeps
+every hub offline. The SD 1.5 layout with random weights (~4 GB) is built once and kept in
+`$LORA_STUDIO_BENCH_CACHE` (default `~/.cache/lora-studio/bench`); delete the folder to free it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for _path in (str(ROOT / "tests"), str(ROOT)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def machine_line() -> str:
+    return (f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
+            f"threads, {load_average()}")
+
+
+def proc_status_bytes(field: str, pid: int | str = "self") -> int:
+    """A memory line of /proc/PID/status (VmRSS, VmHWM = peak RSS) in bytes; 0 where there is
+    none (the process is gone, or not Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cache_root() -> Path:
+    if os.environ.get("LORA_STUDIO_BENCH_CACHE"):
+        return Path(os.environ["LORA_STUDIO_BENCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lora-studio" / "bench"
+
+
+def sd15_model() -> Path:
+    """The real SD 1.5 layout with random weights (seed 0), built once (a few minutes, ~4 GB)
+    into a temp folder and renamed into the cache, so a killed build never leaves half a model."""
+    from trainer.models.tiny import make_sd15_random_model
+
+    target = cache_root() / "sd15-random-seed0"
+    if (target / "model_index.json").exists():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    building = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(building, ignore_errors=True)
+    print(f"building the SD 1.5 layout with random weights in {target} (once)", flush=True)
+    make_sd15_random_model(building)
+    os.replace(building, target)
+    return target
+
+
+def base_model(size: str, root: Path) -> Path:
+    """`tiny`: a fresh tiny model under `root`; `sd15`: the cached SD 1.5 layout."""
+    if size == "sd15":
+        return sd15_model()
+    from trainer.models import make_tiny_model
+
+    make_tiny_model(root / "model")
+    return root / "model"
+
+
+def dataset(root: Path, px: int, count: int = 8) -> Path:
+    from synthetic import make_shapes_dataset
+
+    make_shapes_dataset(root / "data", count, size=px)
+    return root / "data"
+
+
+def bench_config(model: Path, data: Path, px: int, *, steps: int, batch: int = 1,
+                 rank: int = 16, **sections: dict):
+    """The tiny-cpu preset at `px`, batch, rank (alpha = rank), `steps` steps, no verify;
+    `sections` are deep-merged last (e.g. precision={"gradient_checkpointing": True})."""
+    from trainer.config_io import build_config, load_config_data, merge, preset_path
+
+    job = merge(load_config_data(preset_path("tiny-cpu")), {
+        "model": {"path": str(model)},
+        "dataset": {"folders": [{"path": str(data)}], "resolution": px, "max_bucket_reso": px,
+                    "batch_size": batch},
+        "network": {"rank": rank, "alpha": float(rank)},
+        "schedule": {"max_train_steps": steps},
+        "precision": {"threads": torch.get_num_threads()},
+        "output": {"verify": False}})
+    return build_config(merge(job, sections))
+
+
+def project_steps(config, run_dir: Path) -> list[float]:
+    """Seconds per step of a real run (between Loss events; the first step is dropped)."""
+    from trainer.events import Loss
+    from trainer.loop import train
+
+    stamps: list[float] = []
+    train(config, run_dir, emit=lambda e: stamps.append(time.perf_counter())
+          if isinstance(e, Loss) else None)
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def bare_steps(model_path: Path, config, steps: int, latent_side: int) -> list[float]:
+    """The reference: nothing but the maths of a LoRA step (U-Net with the same peft LoRA,
+    noise + timesteps, forward, MSE, backward, AdamW step). Seconds per step after one
+    warm-up step."""
+    from trainer.models import load_base_model
+    from trainer.network import apply_lora
+
+    base = load_base_model(model_path)
+    torch.manual_seed(0)
+    network = apply_lora(base.unet, None, config.network)
+    base.unet.train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.optimizer.learning_rate)
+    scheduler = base.noise_scheduler
+    batch = config.dataset.batch_size
+    latents = torch.randn(batch, 4, latent_side, latent_side)
+    context = torch.randn(batch, 77, base.unet.config.cross_attention_dim)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (batch,))
+        prediction = base.unet(scheduler.add_noise(latents, noise, t), t, context).sample
+        loss = torch.nn.functional.mse_loss(prediction, noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def matmul_rate(side: int = 4096, repeats: int = 5) -> float:
+    """This machine's fp32 matmul FLOP/s: the best of `repeats` timed side x side products."""
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * side**3 / best
+
+
+def _cpu_attention_formulas() -> dict:
+    """torch's flop counter has no formula for the CPU flash-attention kernels SDPA runs on
+    real CPU tensors (on the meta device SDPA decomposes into counted bmm's instead)."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten
+    return {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+
+
+def step_flops(model_path: Path, config, latent_side: int, device: str = "meta") -> int:
+    """Matmul and convolution FLOPs of one LoRA training step (forward + backward, as autograd
+    runs it: frozen weights get no weight gradient), counted with FlopCounterMode on `device`
+    ("meta": shapes only, seconds; "cpu": a real step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainer.models.loading import build_unet
+    from trainer.network import apply_lora
+
+    unet_config = json.loads((Path(model_path) / "unet" / "config.json").read_text("utf-8"))
+    unet = build_unet({k: v for k, v in unet_config.items() if not k.startswith("_")},
+                      empty=device == "meta")
+    apply_lora(unet, None, config.network)
+    unet.to(device).train()
+    batch = config.dataset.batch_size
+    latents = torch.randn(batch, 4, latent_side, latent_side, device=device)
+    context = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
+        prediction = unet(latents, t, context).sample
+        torch.nn.functional.mse_loss(prediction, torch.randn_like(prediction)).backward()
+    return counter.get_total_flops()

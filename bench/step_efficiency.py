@@ -1,0 +1,81 @@
+"""How close a training step comes to this machine's fp32 matmul rate: the project's real step
+and the bare reference loop, for each image size and batch.
+
+FLOPs: the matmuls and convolutions of one step (forward + backward as autograd runs it: the
+frozen base weights get no weight gradient), counted with torch.utils.flop_counter on the meta
+device; attention counts as its math path (Q K^T and A V, no recompute). Rate: the best of 5
+timed 4096 x 4096 fp32 matmuls, measured before each size and at the end; the best is the peak.
+Step time: the median of `--steps` steps after one warm-up, for the trainer (between `Loss`
+events of `trainer.loop.train`) and the bare loop (bench/common.py), alternating per round.
+Efficiency = FLOPs / step time / peak.
+
+    python bench/step_efficiency.py --size tiny                    # seconds
+    python bench/step_efficiency.py --px 256 512 --batch 1 4       # SD 1.5 layout; 512 px
+                                                                   # batch 4 is ~1 min a step
+
+Last line: `step_efficiency_trainer_pct X`, the trainer's efficiency at the last size measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import tempfile
+from pathlib import Path
+
+import common
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("tiny", "sd15"), default="sd15")
+    parser.add_argument("--px", type=int, nargs="+", default=None,
+                        help="image sides (sd15: 256 512; tiny: 64)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round and loop")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--count-on", choices=("meta", "cpu"), default="meta",
+                        help="count FLOPs on the meta device (shapes only) or in one real step")
+    args = parser.parse_args()
+    sizes = args.px or ([64] if args.size == "tiny" else [256, 512])
+    root = Path(tempfile.mkdtemp(prefix="bench-efficiency-"))
+    model = common.base_model(args.size, root)
+    print(f"{args.size}, rank 16 on every attention projection, {args.steps} timed steps after "
+          f"1 warm-up, {args.rounds} round(s); {common.machine_line()}")
+    rates = []
+    rows = []
+    for px in sizes:
+        for batch in args.batch:
+            rates.append(common.matmul_rate())
+            print(f"fp32 matmul 4096^2: {rates[-1] / 1e9:.1f} GFLOP/s; {common.load_average()}",
+                  flush=True)
+            data = common.dataset(root / f"{px}-{batch}", px, count=max(2, batch))
+            config = common.bench_config(model, data, px, steps=args.steps + 1, batch=batch)
+            flops = common.step_flops(model, config, px // 8, args.count_on)
+            trainer, bare = [], []
+            for round_index in range(args.rounds):
+                trainer.append(statistics.median(common.project_steps(
+                    config, root / f"run-{px}-{batch}-{round_index}")))
+                gc.collect()
+                bare.append(statistics.median(common.bare_steps(model, config, args.steps,
+                                                                px // 8)))
+                gc.collect()
+                print(f"{px} px batch {batch} round {round_index}: trainer {trainer[-1]:.2f} "
+                      f"s/step, bare {bare[-1]:.2f} s/step; {common.load_average()}", flush=True)
+            rows.append((px, batch, flops, statistics.median(trainer), statistics.median(bare)))
+    rates.append(common.matmul_rate())
+    peak = max(rates)
+    print(f"fp32 matmul 4096^2 at the end: {rates[-1] / 1e9:.1f} GFLOP/s; peak used "
+          f"{peak / 1e9:.1f} GFLOP/s (best of {len(rates)} measurements); {common.load_average()}")
+    print("px   batch  GFLOP/step  trainer s/step  bare s/step  trainer %  bare %  trainer/bare")
+    for px, batch, flops, trainer, bare in rows:
+        t_pct, b_pct = 100 * flops / trainer / peak, 100 * flops / bare / peak
+        print(f"{px:<5d}{batch:<7d}{flops / 1e9:>10.1f}{trainer:>16.2f}{bare:>13.2f}"
+              f"{t_pct:>11.1f}{b_pct:>8.1f}{t_pct / b_pct:>14.3f}")
+    px, batch, flops, trainer, bare = rows[-1]
+    print(f"step_efficiency_trainer_pct {100 * flops / trainer / peak:.1f}")
+
+
+if __name__ == "__main__":
+    main()
