@@ -198,6 +198,16 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_eval(args: argparse.Namespace) -> int:
+    from trainer.demo.evaluate import evaluate_run, report
+
+    result = evaluate_run(args.run_dir)
+    print(report(result))
+    print(f"wrote {args.run_dir / 'demo-eval.json'} and the picture grid demo-eval.png")
+    print(f"demo_style_improvement {result.improvement:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-train", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs_show = runs_commands.add_parser("show", help="steps, last loss and files of one run")
     runs_show.add_argument("run_dir", type=Path)
     runs_show.set_defaults(func=cmd_runs_show)
+
+    demo = commands.add_parser("demo-eval", help="style score of a demo run: base model vs the LoRA")
+    demo.add_argument("run_dir", type=Path, help="the folder `lora-train train --preset demo --out` wrote")
+    demo.set_defaults(func=cmd_demo_eval)
 
     from trainer.cli_lora import add_lora_commands  # export, verify, inspect
     add_lora_commands(commands)

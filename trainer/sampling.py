@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -69,9 +70,10 @@ def prompt_specs(config: SamplingConfig, resolution: int) -> list[PromptSpec]:
 
 
 class PreviewRenderer:
-    """Renders PromptSpecs with the model being trained (adapters live in the U-Net)."""
+    """Renders PromptSpecs with the model being trained (adapters live in the U-Net); with no
+    network, the base model alone."""
 
-    def __init__(self, base_model, network: LoraNetwork, *, baseline: bool) -> None:
+    def __init__(self, base_model, network: LoraNetwork | None, *, baseline: bool) -> None:
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
         scheduler = DDIMScheduler.from_config(base_model.noise_scheduler.config)
@@ -90,7 +92,8 @@ class PreviewRenderer:
         latents = torch.randn((1, self.pipeline.unet.config.in_channels, spec.height // 8,
                                spec.width // 8), generator=generator)
         pipe = self.pipeline
-        with self.network.strength(strength), torch.no_grad():
+        strength_set = self.network.strength(strength) if self.network else nullcontext()
+        with strength_set, torch.no_grad():
             denoised = pipe(
                 spec.prompt, negative_prompt=spec.negative or None, width=spec.width,
                 height=spec.height, num_inference_steps=spec.steps, guidance_scale=spec.scale,

@@ -106,11 +106,8 @@ def write_random_model(out_dir: Path, unet_cfg: dict, vae_cfg: dict, text_cfg: d
     """Build U-Net, VAE and CLIP text encoder from configs with seeded random weights and save
     them as a diffusers folder (and optionally one ldm-layout file)."""
     from safetensors.torch import save_file
-    from transformers import CLIPTokenizer
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     torch.manual_seed(seed)
     unet = build_unet(unet_cfg, empty=False)
     vae = build_vae(vae_cfg, empty=False)
@@ -120,21 +117,7 @@ def write_random_model(out_dir: Path, unet_cfg: dict, vae_cfg: dict, text_cfg: d
         m.eval()
     _calibrate_vae(vae)
 
-    unet.save_pretrained(out_dir / "unet", safe_serialization=True)
-    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
-    te_dir = out_dir / "text_encoder"
-    te_dir.mkdir(parents=True, exist_ok=True)
-    te.config.save_pretrained(te_dir)
-    te_sd = {k: v.contiguous() for k, v in te.state_dict().items()}
-    save_file(te_sd, str(te_dir / "model.safetensors"), metadata={"format": "pt"})
-
-    tok_dir = out_dir / "tokenizer"
-    CLIPTokenizer.from_pretrained(str(defaults.CLIP_TOKENIZER_DIR), local_files_only=True).save_pretrained(str(tok_dir))
-    for name in ("vocab.json", "merges.txt"):  # so transformers 4's slow tokenizer reads it too
-        if not (tok_dir / name).exists():
-            shutil.copyfile(defaults.CLIP_TOKENIZER_DIR / name, tok_dir / name)
-    _write_json(out_dir / "scheduler" / "scheduler_config.json", defaults.sd15_scheduler_config())
-    _write_json(out_dir / "model_index.json", defaults.sd15_model_index())
+    save_diffusers_folder(out_dir, unet, vae, te)
 
     if single_file is not None:
         table = build_key_table(unet_cfg, vae_cfg, text_cfg, text_key_prefix(te))
@@ -144,3 +127,28 @@ def write_random_model(out_dir: Path, unet_cfg: dict, vae_cfg: dict, text_cfg: d
         single_file = Path(single_file)
         single_file.parent.mkdir(parents=True, exist_ok=True)
         save_file(ldm, str(single_file), metadata={"format": "pt"})
+
+
+def save_diffusers_folder(out_dir: Path, unet, vae, text_encoder) -> None:
+    """Write the three networks, the CLIP tokenizer, the SD 1.5 scheduler and model_index.json
+    as a diffusers folder that `load_base_model` (and diffusers itself) reads."""
+    from safetensors.torch import save_file
+    from transformers import CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(out_dir / "unet", safe_serialization=True)
+    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
+    te_dir = out_dir / "text_encoder"
+    te_dir.mkdir(parents=True, exist_ok=True)
+    text_encoder.config.save_pretrained(te_dir)
+    te_sd = {k: v.contiguous() for k, v in text_encoder.state_dict().items()}
+    save_file(te_sd, str(te_dir / "model.safetensors"), metadata={"format": "pt"})
+
+    tok_dir = out_dir / "tokenizer"
+    CLIPTokenizer.from_pretrained(str(defaults.CLIP_TOKENIZER_DIR), local_files_only=True).save_pretrained(str(tok_dir))
+    for name in ("vocab.json", "merges.txt"):  # so transformers 4's slow tokenizer reads it too
+        if not (tok_dir / name).exists():
+            shutil.copyfile(defaults.CLIP_TOKENIZER_DIR / name, tok_dir / name)
+    _write_json(out_dir / "scheduler" / "scheduler_config.json", defaults.sd15_scheduler_config())
+    _write_json(out_dir / "model_index.json", defaults.sd15_model_index())
