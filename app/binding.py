@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QLineEdit,
                                QPlainTextEdit, QSpinBox, QVBoxLayout, QWidget)
 
+from app.colours import ERROR, set_tone
 from trainer.config import TrainConfig
 from trainer.config_io import describe_validation_error
 
@@ -73,7 +74,7 @@ class Binder(QObject):
         error = QLabel()
         error.setTextFormat(Qt.PlainText)
         error.setWordWrap(True)
-        error.setStyleSheet("color: #d03030;")
+        set_tone(error, ERROR)
         error.setObjectName(f"error:{section}.{name}")
         error.hide()
         binding = Binding(section, name, widget, get, put, error)

@@ -8,6 +8,7 @@ from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (QDialog, QGridLayout, QLabel, QMenu, QScrollArea, QVBoxLayout,
                                QWidget)
 
+from app.colours import MUTED, set_tone
 from trainer.events import Sample
 
 THUMB = 128
@@ -69,7 +70,7 @@ class Gallery(QScrollArea):
             self.grid.addWidget(header, 0, column, 1, 2)
             for offset, text in enumerate(("without LoRA", "with LoRA")):
                 sub = QLabel(text)
-                sub.setStyleSheet("color: gray;")
+                set_tone(sub, MUTED)
                 self.grid.addWidget(sub, 1, column + offset, Qt.AlignHCenter)
         return 1 + 2 * self.prompts.index(prompt) + (0 if scale == 0 else 1)
 

@@ -2,7 +2,8 @@
 
 The scan is the trainer's own (`lora-train validate`), run as a child process through QProcess
 with the window's current settings, so the report is exactly what training will see and the
-window never waits for it. Skipped files are listed in red.
+window never waits for it. Skipped files are listed in the palette's error colour; past
+MAX_LINES of them one line says how many more there are (the window stays quick with 10,000).
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QProcess, Qt, QTimer, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QEvent, QProcess, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton,
                                QVBoxLayout, QWidget)
 
 from app.binding import Binder
+from app.colours import ERROR, tone_colour
 from trainer.config_io import save_config
 
 ROOT = Path(__file__).resolve().parent.parent
-BAD = QColor(208, 48, 48)
+MAX_LINES = 500
 
 
 class HealthReport(QWidget):
@@ -87,23 +88,40 @@ class HealthReport(QWidget):
         self.lines.clear()
         self.skipped = []
         in_skipped = False
-        for line in text.splitlines():
-            if not line.strip():
-                continue
+        bad = tone_colour(ERROR)
+        lines = [line for line in text.splitlines() if line.strip()]
+        for line in lines:
             if line.startswith("Skipped"):
                 in_skipped = True
             elif not line.startswith(" "):
                 in_skipped = False
-            item = QListWidgetItem(line)
-            if in_skipped and line.startswith(" "):
-                item.setForeground(BAD)
-                item.setToolTip("This file is left out of training.")
+            skipped = in_skipped and line.startswith(" ")
+            if skipped:
                 self.skipped.append(line.strip())
+            if self.lines.count() == MAX_LINES:
+                continue
+            item = QListWidgetItem(line)
+            if skipped:
+                item.setForeground(bad)
+                item.setToolTip("This file is left out of training.")
+                item.setData(Qt.UserRole, ERROR)
             self.lines.addItem(item)
+        if self.lines.count() == MAX_LINES:
+            self.lines.addItem(f"... {len(lines) - MAX_LINES:,} more lines: run "
+                               "`lora-train validate` with these settings to see them all")
         first = text.strip().splitlines()[0] if text.strip() else f"the check failed ({code})"
         self.summary.setText(first + (f" - {len(self.skipped)} file(s) skipped"
                                       if self.skipped else ""))
         self.done.emit(len(self.skipped))
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        if event.type() in (QEvent.PaletteChange, QEvent.ApplicationPaletteChange):
+            # light <-> dark: the skipped lines stay readable
+            bad = tone_colour(ERROR)
+            for row in range(self.lines.count()):
+                if self.lines.item(row).data(Qt.UserRole) == ERROR:
+                    self.lines.item(row).setForeground(bad)
+        super().changeEvent(event)
 
     def stop(self) -> None:
         self._later.stop()

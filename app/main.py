@@ -9,12 +9,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QHBoxLayout, QListWidget, QMainWindow,
                                QMessageBox, QStackedWidget, QWidget)
 
 from app.binding import Binder
+from app.colours import refresh_tones
 from app.loss_plot import preload_in_background
 from app.session import load_session, recent_files, remember_file, save_session, settings
 from app.section_network import NetworkSection
@@ -212,6 +213,12 @@ class MainWindow(QMainWindow):
             self.binder.set_value("metadata", "cover_image", path)
             self.binder.load(self.binder.config)
             self.statusBar().showMessage(f"Cover image: {path}")
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        if event.type() in (QEvent.PaletteChange, QEvent.ApplicationPaletteChange):
+            # the system went light <-> dark
+            refresh_tones(self)
+        super().changeEvent(event)
 
     # -- closing ---------------------------------------------------------------------------
     def showEvent(self, event) -> None:  # noqa: N802 - Qt's name

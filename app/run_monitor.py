@@ -11,6 +11,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QLabel, QPlainTextEdit, QProgressBar, QSplitter, QTabWidget,
                                QVBoxLayout, QWidget)
 
+from app.colours import ERROR, set_tone
 from app.gallery import Gallery
 from app.loss_plot import LossPlot
 from trainer.events import (Event, Failed, Finished, Log, Loss, Progress, Sample, Saved,
@@ -69,22 +70,26 @@ class RunMonitor(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("waiting")
         self.status.setText("No run yet.")
-        self.status.setStyleSheet("")
+        set_tone(self.status, None)
         self.plot.clear()
         self.gallery.clear()
         self.log.clear()
 
     def feed(self, events: list[Event]) -> None:
-        """Show a batch of events (one timer tick's worth); the plot redraws once per batch."""
-        for event in events:
-            self._one(event)
+        """Show a batch of events (one timer tick's worth). Only the batch's last Progress is
+        shown (each one repaints the progress bar at once) and the plot redraws once."""
+        last_progress = max((i for i, e in enumerate(events) if isinstance(e, Progress)),
+                            default=-1)
+        for index, event in enumerate(events):
+            if index == last_progress or not isinstance(event, Progress):
+                self._one(event)
         if any(isinstance(e, Loss) for e in events):
             self.plot.redraw()
 
     def _one(self, event: Event) -> None:
         if isinstance(event, Started):
             self.run_dir, self.total = event.run_dir, event.total_steps
-            self.status.setStyleSheet("")
+            set_tone(self.status, None)
             self.progress.setRange(0, max(1, event.total_steps))
             self.progress.setValue(event.resumed_from_step)
             self.progress.setFormat(f"step {event.resumed_from_step} / {event.total_steps}")
@@ -121,7 +126,7 @@ class RunMonitor(QWidget):
             self.outcome = event
             hint = f"\n{event.hint}" if event.hint else ""
             self.status.setText(f"Training stopped: {event.message}{hint}")
-            self.status.setStyleSheet("color: #d03030;")
+            set_tone(self.status, ERROR)
             self._log("error", f"{event.kind}: {event.message}{hint}")
             self.finished.emit(event)
 

@@ -7,6 +7,7 @@ from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLineEdit, QPlainTextEdit
                                QTreeWidget, QTreeWidgetItem, QWidget)
 
 from app.binding import Binder, dspin, number_edit, spin
+from app.colours import ERROR, set_tone
 from app.forms import Folding, Page, plain_label
 from app.model_info import ModelInfo, lora_parameter_count, selected_modules
 from trainer.config import TARGET_PATTERN, NetworkConfig
@@ -135,7 +136,7 @@ class NetworkSection(Page):
         self.tree.itemChanged.connect(self._tree_edited)
         self.row("Target layers", self.tree)
         self.tree_error = plain_label()
-        self.tree_error.setStyleSheet("color: #d03030;")
+        set_tone(self.tree_error, ERROR)
         self.row("", self.tree_error)
         self.count = plain_label()
         self.row("Trainable", self.count)

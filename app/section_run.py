@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPus
                                QVBoxLayout, QWidget)
 
 from app.binding import Binder
+from app.colours import ERROR, set_tone
 from app.run_monitor import RunMonitor
 from trainer.events import Event, read_events
 from trainer.jobs import Job, JobSpec
@@ -80,7 +81,7 @@ class RunSection(QWidget):
         self.reason = QLabel()
         self.reason.setTextFormat(Qt.PlainText)
         self.reason.setWordWrap(True)
-        self.reason.setStyleSheet("color: #d03030;")
+        set_tone(self.reason, ERROR)
 
         self.monitor = RunMonitor()
         layout = QVBoxLayout(self)
