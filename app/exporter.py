@@ -1,4 +1,5 @@
-"""Export any saved checkpoint of a run as the LoRA file, and show the verification report.
+"""Export any saved checkpoint of a run as the LoRA file, and show the verification report
+(app.verify_report: one row per check) above the export's full output.
 
 The export needs torch, so it runs `python -m trainer.cli export ...` as a child process
 (QProcess): the window never loads torch and never waits on it.
@@ -14,6 +15,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPlainTextEdit, Q
                                QVBoxLayout, QWidget)
 
 from app.binding import Binder
+from app.verify_report import CheckList
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,9 +71,10 @@ class Exporter(QWidget):
         self.where = QLabel("Open or finish a run to export one of its checkpoints.")
         self.where.setTextFormat(Qt.PlainText)
         self.where.setWordWrap(True)
+        self.checks = CheckList()
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
-        self.report.setPlaceholderText("The export and verification report appears here.")
+        self.report.setPlaceholderText("What the export prints appears here.")
         self.report.setMinimumHeight(110)
         row = QHBoxLayout()
         row.addWidget(QLabel("Checkpoint"))
@@ -81,6 +84,7 @@ class Exporter(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.where)
         layout.addLayout(row)
+        layout.addWidget(self.checks)
         layout.addWidget(self.report)
         self.set_run_dir(None)
 
@@ -110,6 +114,7 @@ class Exporter(QWidget):
         if out is None or self.process is not None:
             return False
         self.out = out
+        self.checks.clear()
         self.report.setPlainText(f"Exporting to {out} ...\n")
         self.process = QProcess(self)
         self.process.setWorkingDirectory(str(ROOT))
@@ -128,6 +133,7 @@ class Exporter(QWidget):
 
     def _done(self, code: int, status) -> None:
         self._read()
+        self.checks.show_report(self.report.toPlainText())
         self.report.appendPlainText("Done: the file is ready." if code == 0 else
                                     f"Export failed (exit code {code}); see above.")
         self.process = None
