@@ -5,7 +5,8 @@
 
 The window is sized for a 1366x768 laptop, filled with a small shapes dataset, the SD 1.5
 configs from assets/ as the base model (so the architecture and layer count show), and a
-recorded run (loss curve, previews) replayed into the Run section. No torch is imported.
+recorded run (loss curve, previews) replayed into the Run section; then DARK_SECTIONS again
+with a dark palette (dark-*.png). No torch is imported.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DARK_SECTIONS = ("Network", "Run")  # again in a dark palette: the tree, the plot, the gallery
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -61,6 +63,18 @@ def demo_run(run_dir: Path, prompts: list[str], total: int = 300) -> Path:
     return run_dir
 
 
+def file_name(section: str) -> str:
+    return section.lower().replace(" ", "-")
+
+
+def shoot(app, window, section: str, file: Path) -> None:
+    window.show_section(section)
+    for _ in range(5):
+        app.processEvents()
+    window.grab().save(str(file))
+    print(file)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
@@ -69,6 +83,7 @@ def main() -> int:
     if args.offscreen or not os.environ.get("DISPLAY"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
+    from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QApplication
 
     from app.main import SECTIONS, MainWindow
@@ -108,15 +123,18 @@ def main() -> int:
                                            or window.dataset.thumbnails.loaded < 12):
         app.processEvents()
         time.sleep(0.02)
-    window.dataset.thumbnails.grid.setCurrentRow(0)
+    window.dataset.thumbnails.select("img00.png")
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in SECTIONS:
-        window.show_section(name)
-        for _ in range(5):
-            app.processEvents()
-        file = args.out / f"{SECTIONS.index(name) + 1}-{name.lower().replace(' ', '-')}.png"
-        window.grab().save(str(file))
-        print(file)
+    for index, name in enumerate(SECTIONS, 1):
+        shoot(app, window, name, args.out / f"{index}-{file_name(name)}.png")
+    from dark_palette import dark_palette
+
+    app.setPalette(dark_palette())  # as when the system switches to its dark theme
+    leaf = window.network.tree.leaves["down.attn1.to_q"]  # one layer off: parents partly ticked
+    leaf.parent().setExpanded(True)
+    leaf.setCheckState(0, Qt.Unchecked)
+    for name in DARK_SECTIONS:
+        shoot(app, window, name, args.out / f"dark-{file_name(name)}.png")
     window.close()
     return 0
 
