@@ -116,34 +116,75 @@ def project_steps(config, run_dir: Path) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def bare_steps(model_path: Path, config, steps: int, latent_side: int) -> list[float]:
-    """The reference: nothing but the maths of a LoRA step (U-Net with the same peft LoRA,
-    noise + timesteps, forward, MSE, backward, AdamW step). Seconds per step after one
-    warm-up step."""
-    from trainer.models import load_base_model
-    from trainer.network import apply_lora
+class BareStep:
+    """The reference: nothing but the maths of a LoRA step on a given U-Net (noise +
+    timesteps, forward, MSE, backward, AdamW step over `params`). Calling it runs one step and
+    returns its seconds."""
 
-    base = load_base_model(model_path)
-    torch.manual_seed(0)
-    network = apply_lora(base.unet, None, config.network)
-    base.unet.train()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.optimizer.learning_rate)
-    scheduler = base.noise_scheduler
-    batch = config.dataset.batch_size
-    latents = torch.randn(batch, 4, latent_side, latent_side)
-    context = torch.randn(batch, 77, base.unet.config.cross_attention_dim)
-    times = []
-    for _ in range(steps + 1):
+    def __init__(self, unet, noise_scheduler, params: list, config, latent_side: int) -> None:
+        self.unet, self.scheduler, self.params = unet, noise_scheduler, params
+        self.optimizer = torch.optim.AdamW(params, lr=config.optimizer.learning_rate)
+        batch = config.dataset.batch_size
+        self.latents = torch.randn(batch, 4, latent_side, latent_side)
+        self.context = torch.randn(batch, 77, unet.config.cross_attention_dim)
+
+    def __call__(self) -> float:
+        for param in self.params:  # whatever the trainer's step left behind
+            param.grad = None
         start = time.perf_counter()
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (batch,))
-        prediction = base.unet(scheduler.add_noise(latents, noise, t), t, context).sample
+        noise = torch.randn_like(self.latents)
+        t = torch.randint(0, 1000, (self.latents.shape[0],))
+        prediction = self.unet(self.scheduler.add_noise(self.latents, noise, t), t,
+                               self.context).sample
         loss = torch.nn.functional.mse_loss(prediction, noise)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return times[1:]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
+def interleaved_steps(config, run_dir: Path) -> tuple[list[float], list[float]]:
+    """A B A B per step, in one real run: A = a step of `trainer.loop.train` (cached latents
+    and text embeddings, optimizer, scheduler, clipping, events: everything a run does per
+    step), B = a `BareStep` on the very same U-Net and LoRA tensors, run from the loop's
+    `on_step` hook after every trainer step. Returns (A seconds, B seconds), pair by pair,
+    without the first trainer step and the first bare step (warm-up). Adjacent pairs share the
+    machine's load, so their ratio holds on a busy machine; one model in memory serves both.
+
+    A spans from the end of the previous bare step to the next `on_step` call: the loop's
+    bookkeeping after the hook, the batch, forward, backward, clipping, optimizer and scheduler
+    steps, and the Loss and Progress events. The bare steps move the LoRA weights too (the
+    trainer's loss values mean nothing here; its timing does not depend on them)."""
+    import trainer.loop as loop
+
+    loaded = {}
+
+    def load_and_keep(*args, **kwargs):
+        loaded["base"] = loop_load(*args, **kwargs)
+        return loaded["base"]
+
+    loop_load = loop.load_base_model
+    trainer_times: list[float] = []
+    bare_times: list[float] = []
+    state: dict = {"since": None, "bare": None}
+
+    def on_step(step: int) -> None:
+        if state["since"] is not None:
+            trainer_times.append(time.perf_counter() - state["since"])
+        if state["bare"] is None:
+            unet = loaded["base"].unet
+            state["bare"] = BareStep(unet, loaded["base"].noise_scheduler,
+                                     [p for p in unet.parameters() if p.requires_grad], config,
+                                     config.dataset.resolution // 8)
+        bare_times.append(state["bare"]())
+        state["since"] = time.perf_counter()
+
+    loop.load_base_model = load_and_keep
+    try:
+        loop.train(config, run_dir, control=loop.TrainControl(on_step=on_step))
+    finally:
+        loop.load_base_model = loop_load
+    return trainer_times, bare_times[1:]
 
 
 def matmul_rate(side: int = 4096, repeats: int = 5) -> float:

@@ -5,9 +5,11 @@ FLOPs: the matmuls and convolutions of one step (forward + backward as autograd 
 frozen base weights get no weight gradient), counted with torch.utils.flop_counter on the meta
 device; attention counts as its math path (Q K^T and A V, no recompute). Rate: the best of 5
 timed 4096 x 4096 fp32 matmuls, measured before each size and at the end; the best is the peak.
-Step time: the median of `--steps` steps after one warm-up, for the trainer (between `Loss`
-events of `trainer.loop.train`) and the bare loop (bench/common.py), alternating per round.
-Efficiency = FLOPs / step time / peak.
+Step time: the median of `--steps` steps after one warm-up, for the trainer (`trainer.loop.train`)
+and the bare step on the same U-Net and LoRA tensors, alternating step by step in one run
+(bench/common.py: `interleaved_steps`). Efficiency = FLOPs / step time / peak; trainer/bare is
+the median over the pairs of (bare time / trainer time), i.e. the trainer's efficiency as a
+share of the bare step's.
 
     python bench/step_efficiency.py --size tiny                    # seconds
     python bench/step_efficiency.py --px 256 512 --batch 1 4       # SD 1.5 layout; 512 px
@@ -33,16 +35,16 @@ def main() -> None:
     parser.add_argument("--px", type=int, nargs="+", default=None,
                         help="image sides (sd15: 256 512; tiny: 64)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per round and loop")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3, help="timed pairs per round")
+    parser.add_argument("--rounds", type=int, default=1, help="runs (a model load each)")
     parser.add_argument("--count-on", choices=("meta", "cpu"), default="meta",
                         help="count FLOPs on the meta device (shapes only) or in one real step")
     args = parser.parse_args()
     sizes = args.px or ([64] if args.size == "tiny" else [256, 512])
     root = Path(tempfile.mkdtemp(prefix="bench-efficiency-"))
     model = common.base_model(args.size, root)
-    print(f"{args.size}, rank 16 on every attention projection, {args.steps} timed steps after "
-          f"1 warm-up, {args.rounds} round(s); {common.machine_line()}")
+    print(f"{args.size}, rank 16 on every attention projection, {args.steps} timed pairs after "
+          f"1 warm-up step of each, {args.rounds} round(s); {common.machine_line()}")
     rates = []
     rows = []
     for px in sizes:
@@ -55,25 +57,27 @@ def main() -> None:
             flops = common.step_flops(model, config, px // 8, args.count_on)
             trainer, bare = [], []
             for round_index in range(args.rounds):
-                trainer.append(statistics.median(common.project_steps(
-                    config, root / f"run-{px}-{batch}-{round_index}")))
+                a, b = common.interleaved_steps(config, root / f"run-{px}-{batch}-{round_index}")
+                trainer += a
+                bare += b
                 gc.collect()
-                bare.append(statistics.median(common.bare_steps(model, config, args.steps,
-                                                                px // 8)))
-                gc.collect()
-                print(f"{px} px batch {batch} round {round_index}: trainer {trainer[-1]:.2f} "
-                      f"s/step, bare {bare[-1]:.2f} s/step; {common.load_average()}", flush=True)
-            rows.append((px, batch, flops, statistics.median(trainer), statistics.median(bare)))
+                print(f"{px} px batch {batch} round {round_index}: trainer "
+                      f"{' '.join(f'{x:.2f}' for x in a)} s/step, bare "
+                      f"{' '.join(f'{x:.2f}' for x in b)} s/step; {common.load_average()}",
+                      flush=True)
+            pairs = statistics.median(y / x for x, y in zip(trainer, bare))
+            rows.append((px, batch, flops, statistics.median(trainer), statistics.median(bare),
+                         pairs))
     rates.append(common.matmul_rate())
     peak = max(rates)
     print(f"fp32 matmul 4096^2 at the end: {rates[-1] / 1e9:.1f} GFLOP/s; peak used "
           f"{peak / 1e9:.1f} GFLOP/s (best of {len(rates)} measurements); {common.load_average()}")
     print("px   batch  GFLOP/step  trainer s/step  bare s/step  trainer %  bare %  trainer/bare")
-    for px, batch, flops, trainer, bare in rows:
-        t_pct, b_pct = 100 * flops / trainer / peak, 100 * flops / bare / peak
+    for px, batch, flops, trainer, bare, pairs in rows:
         print(f"{px:<5d}{batch:<7d}{flops / 1e9:>10.1f}{trainer:>16.2f}{bare:>13.2f}"
-              f"{t_pct:>11.1f}{b_pct:>8.1f}{t_pct / b_pct:>14.3f}")
-    px, batch, flops, trainer, bare = rows[-1]
+              f"{100 * flops / trainer / peak:>11.1f}{100 * flops / bare / peak:>8.1f}"
+              f"{pairs:>14.3f}")
+    px, batch, flops, trainer, bare, pairs = rows[-1]
     print(f"step_efficiency_trainer_pct {100 * flops / trainer / peak:.1f}")
 
 
