@@ -39,7 +39,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="runs (a model load each)")
     parser.add_argument("--count-on", choices=("meta", "cpu"), default="meta",
                         help="count FLOPs on the meta device (shapes only) or in one real step")
+    common.add_threads_option(parser)
     args = parser.parse_args()
+    common.set_threads(args.threads)
     sizes = args.px or ([64] if args.size == "tiny" else [256, 512])
     root = Path(tempfile.mkdtemp(prefix="bench-efficiency-"))
     model = common.base_model(args.size, root)
