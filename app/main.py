@@ -12,10 +12,11 @@ from pathlib import Path
 from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QHBoxLayout, QListWidget, QMainWindow,
-                               QMessageBox, QStackedWidget, QWidget)
+                               QMessageBox, QStackedWidget, QVBoxLayout, QWidget)
 
 from app.binding import Binder
 from app.colours import refresh_tones
+from app.demo_offer import DemoBanner, demo_available, demo_config
 from app.loss_plot import preload_in_background
 from app.session import load_session, recent_files, remember_file, save_session, settings
 from app.section_network import NetworkSection
@@ -36,6 +37,7 @@ class MainWindow(QMainWindow):
         self.remember = remember
         if remember and config is None:
             config = load_session()
+        first_start = remember and config is None  # nothing remembered: offer the demo
         self.setWindowTitle("LoRA Studio")
         self.resize(1280, 740)
         self.setMinimumSize(900, 560)
@@ -63,10 +65,16 @@ class MainWindow(QMainWindow):
             self.stack.addWidget(page)
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.sidebar.setCurrentRow(0)
+        self.demo_banner = DemoBanner()
+        self.demo_banner.accepted.connect(self.try_demo)
+        self.demo_banner.setVisible(first_start and demo_available())
         central = QWidget()
-        layout = QHBoxLayout(central)
+        outer = QVBoxLayout(central)
+        outer.addWidget(self.demo_banner)
+        layout = QHBoxLayout()
         layout.addWidget(self.sidebar)
         layout.addWidget(self.stack, 1)
+        outer.addLayout(layout, 1)
         self.setCentralWidget(central)
         self.config_path: Path | None = None
         self._build_menus()
@@ -125,6 +133,8 @@ class MainWindow(QMainWindow):
         self._action(run_menu, "Stop and save", self.run.stop, "Ctrl+.")
         self._action(run_menu, "Add to queue", self.run.add_to_queue)
         self._action(run_menu, "Resume a stopped run...", self._ask_resume)
+        help_menu = self.menuBar().addMenu("&Help")
+        self._action(help_menu, "Try the demo", self.try_demo).setEnabled(demo_available())
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
@@ -142,6 +152,14 @@ class MainWindow(QMainWindow):
         return action
 
     # -- presets and files -----------------------------------------------------------------
+    def try_demo(self) -> None:
+        """The demo's base model, images and settings; the Run section, ready to Start."""
+        self.binder.load(demo_config())
+        self.demo_banner.hide()
+        self.show_section("Run")
+        self.statusBar().showMessage("Demo loaded: press Start. It trains in a few minutes on a "
+                                     "CPU; the gallery shows each preview with and without the LoRA.")
+
     def load_preset(self, name: str) -> None:
         self.load_config_file(preset_path(name), remember=False)
 

@@ -125,3 +125,24 @@ def test_qt_calls_keep_pythons_reference_counts(qtbot) -> None:
         rank.setValue(value)  # a void call into Qt
         rank.blockSignals(False)
     assert (sys.getrefcount(True), sys.getrefcount(None)) == before
+
+
+def test_first_start_offers_the_demo_and_it_fills_in_a_startable_config(qtbot) -> None:
+    from trainer.demo import DEMO_BASE, DEMO_DATASET
+
+    first = MainWindow(remember=True)  # an empty settings folder: a first start
+    qtbot.addWidget(first)
+    assert not first.demo_banner.isHidden()
+    qtbot.mouseClick(first.demo_banner.try_button, Qt.LeftButton)
+    assert first.demo_banner.isHidden()
+    assert first.config.model.path == DEMO_BASE
+    assert [f.path for f in first.config.dataset.folders] == [DEMO_DATASET]
+    assert first.config.dataset.resolution == 64 and first.config.output.name == "demo_style"
+    assert first.binder.widget("network.rank").value() == first.config.network.rank == 8
+    assert first.stack.currentWidget() is first.run
+    assert first.start_problems() == []  # the shipped base is detected as usable SD 1.x
+    first.close()
+    again = MainWindow(remember=True)  # a session was saved: no offer the second time
+    qtbot.addWidget(again)
+    assert again.demo_banner.isHidden()
+    assert again.config.model.path == DEMO_BASE

@@ -60,7 +60,9 @@ def test_a_run_with_targets_exports_a_file_that_verifies(tiny_model, one_thread,
     path = train(config, tmp_path / "run")
     with safe_open(str(path), "pt") as handle:
         modules = {key.rsplit(".", 2)[0] for key in handle.keys()}
+        network_args = json.loads(handle.metadata()["ss_network_args"])
     assert modules == set(EXPECTED)
+    assert network_args == {"targets": TARGETS}  # the file says which layers, as picked
     report = verify_lora_file(path, tiny_model[0])
     assert report.ok, report.format()
 

@@ -42,9 +42,11 @@ def training_metadata(config: TrainConfig, report: DatasetReport, base, position
         "ss_network_dim": str(net.rank),
         "ss_network_alpha": f"{net.alpha:g}",
         "ss_network_dropout": f"{net.dropout:g}",
-        "ss_network_args": json_text({"targets": {"blocks": net.blocks,
-                                                  "attention": net.attention,
-                                                  "projections": net.projections}}),
+        # The layers as picked: one list when chosen one by one (network.targets), else the
+        # three lists whose product they are.
+        "ss_network_args": json_text({"targets": net.targets if net.targets is not None else
+                                      {"blocks": net.blocks, "attention": net.attention,
+                                       "projections": net.projections}}),
         "ss_output_name": config.output.name,
         "ss_training_started_at": str(int(started_at)),
         "ss_training_finished_at": str(int(time.time())),

@@ -71,6 +71,8 @@ def evaluate_run(run_dir: Path) -> DemoEvaluation:
     run_dir = Path(run_dir)
     lora_file = exported_lora(run_dir)
     config = build_config(load_config_data(run_dir / "config.toml"), source=str(run_dir))
+    if config.precision.threads:
+        torch.set_num_threads(config.precision.threads)  # as the run did (1 for the demo)
     base = load_base_model(config.model.path)
     torch.manual_seed(0)  # peft's init draws from the global RNG; the file overwrites it anyway
     network = apply_lora(base.unet, base.text_encoder, config.network.model_copy(update={"init_from": None}))
