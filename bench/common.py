@@ -155,12 +155,13 @@ class BareStep:
 
 
 def interleaved_steps(config, run_dir: Path) -> tuple[list[float], list[float]]:
-    """A B A B per step, in one real run: A = a step of `trainer.loop.train` (cached latents
-    and text embeddings, optimizer, scheduler, clipping, events: everything a run does per
-    step), B = a `BareStep` on the very same U-Net and LoRA tensors, run from the loop's
-    `on_step` hook after every trainer step. Returns (A seconds, B seconds), pair by pair,
-    without the first trainer step and the first bare step (warm-up). Adjacent pairs share the
-    machine's load, so their ratio holds on a busy machine; one model in memory serves both.
+    """A B A B ... A per step, in one real run: A = a step of `trainer.loop.train` (cached
+    latents and text embeddings, optimizer, scheduler, clipping, events: everything a run does
+    per step), B = a `BareStep` on the very same U-Net and LoRA tensors, run from the loop's
+    `on_step` hook after every trainer step but the last. With N = schedule.max_train_steps,
+    returns (A seconds of steps 2..N, B seconds of bare steps 2..N-1): step 1 of each is the
+    warm-up, and every timed B sits between two timed A's (see `bracketed_ratios`). One model
+    in memory serves both.
 
     A spans from the end of the previous bare step to the next `on_step` call: the loop's
     bookkeeping after the hook, the batch, forward, backward, clipping, optimizer and scheduler
@@ -175,6 +176,7 @@ def interleaved_steps(config, run_dir: Path) -> tuple[list[float], list[float]]:
         return loaded["base"]
 
     loop_load = loop.load_base_model
+    total = config.schedule.max_train_steps
     trainer_times: list[float] = []
     bare_times: list[float] = []
     state: dict = {"since": None, "bare": None}
@@ -182,6 +184,8 @@ def interleaved_steps(config, run_dir: Path) -> tuple[list[float], list[float]]:
     def on_step(step: int) -> None:
         if state["since"] is not None:
             trainer_times.append(time.perf_counter() - state["since"])
+        if step == total:
+            return
         if state["bare"] is None:
             unet = loaded["base"].unet
             state["bare"] = BareStep(unet, loaded["base"].noise_scheduler,
@@ -196,6 +200,12 @@ def interleaved_steps(config, run_dir: Path) -> tuple[list[float], list[float]]:
     finally:
         loop.load_base_model = loop_load
     return trainer_times, bare_times[1:]
+
+
+def bracketed_ratios(trainer: list[float], bare: list[float]) -> list[float]:
+    """Trainer / bare per bare step, against the mean of the trainer steps just before and just
+    after it: a load that rises or falls steadily cancels out instead of favouring B."""
+    return [(trainer[i] + trainer[i + 1]) / 2 / b for i, b in enumerate(bare)]
 
 
 def matmul_rate(side: int = 4096, repeats: int = 5) -> float:

@@ -55,7 +55,8 @@ def time_to_first_loss(model: Path, data: Path, run: Path) -> tuple[float, float
                 started = time.perf_counter() - start
             if isinstance(event, Loss):
                 first_loss = time.perf_counter() - start
-        peak = max(peak, process.memory_info().rss / 2**20, common.proc_status_bytes("VmHWM", job.pid) / 2**20)
+        peak = max(peak, process.memory_info().rss / 2**20,
+                   common.proc_status_bytes("VmHWM", job.pid) / 2**20)
         if job.done:
             raise RuntimeError(f"the job ended early: {job.last_event}")
     job.send("stop")

@@ -5,11 +5,12 @@ FLOPs: the matmuls and convolutions of one step (forward + backward as autograd 
 frozen base weights get no weight gradient), counted with torch.utils.flop_counter on the meta
 device; attention counts as its math path (Q K^T and A V, no recompute). Rate: the best of 5
 timed 4096 x 4096 fp32 matmuls, measured before each size and at the end; the best is the peak.
-Step time: the median of `--steps` steps after one warm-up, for the trainer (`trainer.loop.train`)
+Step time: the median of the timed steps after one warm-up, for the trainer (`trainer.loop.train`)
 and the bare step on the same U-Net and LoRA tensors, alternating step by step in one run
-(bench/common.py: `interleaved_steps`). Efficiency = FLOPs / step time / peak; trainer/bare is
-the median over the pairs of (bare time / trainer time), i.e. the trainer's efficiency as a
-share of the bare step's.
+(bench/common.py: `interleaved_steps`). Efficiency = FLOPs / step time / peak; the steps run
+A B A B ... A and each bare step is compared with the mean of its two neighbours; trainer/bare
+is 1 / the median of those time ratios: the trainer's efficiency as a share of the bare
+step's.
 
     python bench/step_efficiency.py --size tiny                    # seconds
     python bench/step_efficiency.py --px 256 512 --batch 1 4       # SD 1.5 layout; 512 px
@@ -35,7 +36,8 @@ def main() -> None:
     parser.add_argument("--px", type=int, nargs="+", default=None,
                         help="image sides (sd15: 256 512; tiny: 64)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--steps", type=int, default=3, help="timed pairs per round")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="timed bare steps per round (one more trainer step)")
     parser.add_argument("--rounds", type=int, default=1, help="runs (a model load each)")
     parser.add_argument("--count-on", choices=("meta", "cpu"), default="meta",
                         help="count FLOPs on the meta device (shapes only) or in one real step")
@@ -45,8 +47,9 @@ def main() -> None:
     sizes = args.px or ([64] if args.size == "tiny" else [256, 512])
     root = Path(tempfile.mkdtemp(prefix="bench-efficiency-"))
     model = common.base_model(args.size, root)
-    print(f"{args.size}, rank 16 on every attention projection, {args.steps} timed pairs after "
-          f"1 warm-up step of each, {args.rounds} round(s); {common.machine_line()}")
+    print(f"{args.size}, rank 16 on every attention projection, {args.steps} timed bare steps "
+          f"between {args.steps + 1} trainer steps after 1 warm-up step of each, {args.rounds} "
+          f"round(s); {common.machine_line()}")
     rates = []
     rows = []
     for px in sizes:
@@ -55,21 +58,21 @@ def main() -> None:
             print(f"fp32 matmul 4096^2: {rates[-1] / 1e9:.1f} GFLOP/s; {common.load_average()}",
                   flush=True)
             data = common.dataset(root / f"{px}-{batch}", px, count=max(2, batch))
-            config = common.bench_config(model, data, px, steps=args.steps + 1, batch=batch)
+            config = common.bench_config(model, data, px, steps=args.steps + 2, batch=batch)
             flops = common.step_flops(model, config, px // 8, args.count_on)
-            trainer, bare = [], []
+            trainer, bare, ratios = [], [], []
             for round_index in range(args.rounds):
                 a, b = common.interleaved_steps(config, root / f"run-{px}-{batch}-{round_index}")
                 trainer += a
                 bare += b
+                ratios += common.bracketed_ratios(a, b)
                 gc.collect()
                 print(f"{px} px batch {batch} round {round_index}: trainer "
                       f"{' '.join(f'{x:.2f}' for x in a)} s/step, bare "
                       f"{' '.join(f'{x:.2f}' for x in b)} s/step; {common.load_average()}",
                       flush=True)
-            pairs = statistics.median(y / x for x, y in zip(trainer, bare))
             rows.append((px, batch, flops, statistics.median(trainer), statistics.median(bare),
-                         pairs))
+                         1 / statistics.median(ratios)))
     rates.append(common.matmul_rate())
     peak = max(rates)
     print(f"fp32 matmul 4096^2 at the end: {rates[-1] / 1e9:.1f} GFLOP/s; peak used "

@@ -5,8 +5,9 @@ A = a step of `trainer.loop.train` (cached latents and text embeddings, optimize
     clipping, event log: everything a run does per step).
 B = the bare step: noise + timesteps, forward, MSE, backward, AdamW step; nothing else. It runs
     from the loop's `on_step` hook after every A (bench/common.py: `interleaved_steps`).
-After one warm-up step of each, pairs A B are timed back to back, so both see the same load;
-the headline is the median over all pairs of A / B.
+After one warm-up step of each, the steps run A B A B ... A, so both see the same load; each B
+is compared with the mean of the A just before and the A just after it, and the headline is
+the median of those ratios over all rounds.
 
     python bench/step_overhead.py --size tiny                      # seconds
     python bench/step_overhead.py --size sd15 --px 256 --rounds 5  # the real SD 1.5 layout
@@ -28,7 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("tiny", "sd15"), default="tiny")
     parser.add_argument("--px", type=int, default=None, help="image side (tiny: 64, sd15: 256)")
-    parser.add_argument("--steps", type=int, default=None, help="timed pairs per round")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed bare steps per round (one more trainer step)")
     parser.add_argument("--rounds", type=int, default=3, help="runs (a model load each)")
     common.add_threads_option(parser)
     args = parser.parse_args()
@@ -37,18 +39,19 @@ def main() -> None:
     steps = args.steps or (40 if args.size == "tiny" else 4)
     root = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     model = common.base_model(args.size, root)
-    config = common.bench_config(model, common.dataset(root, px), px, steps=steps + 1)
+    config = common.bench_config(model, common.dataset(root, px), px, steps=steps + 2)
     print(f"{args.size} at {px} px, batch {config.dataset.batch_size}, rank 16, "
-          f"{steps} timed pairs per round; {common.machine_line()}")
+          f"{steps} timed bare steps (and {steps + 1} trainer steps) per round; "
+          f"{common.machine_line()}")
     ratios = []
     for round_index in range(args.rounds):
         a, b = common.interleaved_steps(config, root / f"run{round_index}")
-        ratios += [x / y for x, y in zip(a, b)]
+        ratios += common.bracketed_ratios(a, b)
         print(f"round {round_index}: project {statistics.median(a) * 1000:.1f} ms/step, bare "
-              f"{statistics.median(b) * 1000:.1f} ms/step, pair ratios "
-              f"{' '.join(f'{x / y:.3f}' for x, y in zip(a, b))}; {common.load_average()}",
-              flush=True)
-    print(f"pairs {len(ratios)}, ratio min {min(ratios):.3f}, max {max(ratios):.3f}")
+              f"{statistics.median(b) * 1000:.1f} ms/step, ratios "
+              f"{' '.join(f'{r:.3f}' for r in common.bracketed_ratios(a, b))}; "
+              f"{common.load_average()}", flush=True)
+    print(f"ratios {len(ratios)}, min {min(ratios):.3f}, max {max(ratios):.3f}")
     print(f"step_overhead_ratio {statistics.median(ratios):.3f}")
 
 
