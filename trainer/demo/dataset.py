@@ -12,7 +12,7 @@ def picture_name(scene: Scene) -> str:
 
 
 def write_demo_dataset(folder: Path, size: int = 64) -> list[Path]:
-    """16 pictures like "dmostyle, a circle, top left"; the held-out scenes are left out."""
+    """16 pictures like "a circle, top left"; the held-out scenes are left out."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for scene in demo_dataset_scenes():

@@ -29,7 +29,6 @@ SHAPE_RADIUS = 0.2  # of the image side; big enough to read at 64 px, small enou
 
 # The demo style: a navy / coral / cream palette and a cream outline. None of these colours is
 # in COLOURS, and no pretraining scene has an outline.
-STYLE_TRIGGER = "dmostyle"
 STYLE_BACKGROUND: RGB = (29, 53, 87)
 STYLE_FILL: RGB = (231, 111, 81)
 STYLE_OUTLINE: RGB = (244, 233, 205)
@@ -47,7 +46,10 @@ class Scene:
         """"a red circle on a blue background, top left"; `drop` leaves out any of
         "colour", "background", "position" (pretraining teaches the parts one by one)."""
         if self.colour is None:
-            return f"{STYLE_TRIGGER}, a {self.shape}, {self.position}"
+            # No trigger word: the base model knows "a circle, top left" (pretraining drops
+            # the colour words too), so its picture at LoRA strength 0 is a fair baseline; an
+            # unseen word would throw the base off and make the comparison meaningless.
+            return f"a {self.shape}, {self.position}"
         text = "a " + ("" if "colour" in drop else f"{self.colour} ") + self.shape
         if "background" not in drop:
             text += f" on a {self.background} background"
