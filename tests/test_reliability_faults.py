@@ -338,3 +338,28 @@ def test_the_gui_killed_mid_run_leaves_a_valid_run_folder(tiny_model, shapes, tm
     if summary.state == "finished":
         assert read_lora_file(run / "tiny_lora.safetensors").modules
     assert not orphan_hung, "the trainer child outlived its window by 2 minutes"
+
+
+def test_the_trainer_process_guard_blocks_internet_sockets_but_not_local_ones() -> None:
+    """What the trainer child installs first thing (trainer/worker.py), in a fresh process."""
+    script = (
+        "import socket\n"
+        "from trainer.offline import NetworkForbidden, forbid_network\n"
+        "forbid_network()\n"
+        "for call in (lambda: socket.create_connection(('203.0.113.5', 443), timeout=1),\n"
+        "             lambda: socket.socket(socket.AF_INET6).connect(('::1', 9))):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except NetworkForbidden as error:\n"
+        "        print('blocked:', error)\n"
+        "a, b = socket.socketpair()\n"
+        "a.sendall(b'ok')\n"
+        "print('local:', b.recv(2).decode())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stderr
+    assert lines[0] == ("blocked: the trainer does not use the network; blocked a connection "
+                        "to ('203.0.113.5', 443)")
+    assert lines[1].startswith("blocked:") and "'::1'" in lines[1]
+    assert lines[2] == "local: ok"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.events import Event, EventLog, Failed, Heartbeat, Log
+from trainer.offline import forbid_network
 
 if TYPE_CHECKING:
     from multiprocessing import Queue
@@ -113,6 +114,7 @@ def _command_poller(commands: Queue, control: TrainControl, emit):
 def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
     """Spawn target: run one job; the exit code is 0 when it finished, 1 otherwise."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to interpret
+    forbid_network()  # before any library is imported: nothing in this process goes online
     failed = threading.Event()
 
     def emit(event: Event) -> None:
