@@ -1,6 +1,6 @@
 """Pretrain the demo base model (assets/demo/base) from nothing, on procedural shapes.
 
-    python tools/pretrain_demo.py            # ~N minutes on 2 CPU cores; seeded, repeatable
+    python tools/pretrain_demo.py    # 55 min on 2 shared CPU cores (docs/demo.md); seeded
 
 Three phases, each printed as it goes:
 1. VAE: built, not trained: an exact colour codec at SD's 8x downsampling (tools/demo_vae.py

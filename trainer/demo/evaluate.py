@@ -97,7 +97,7 @@ def report(result: DemoEvaluation) -> str:
     return "\n".join([
         f"LoRA: {result.lora_file}",
         f"held-out pictures: {len(result.baseline)} ({len(set(result.captions))} scenes)",
-        f"palette distance to the demo style, lower is closer (0 = only the style's colours):",
+        "palette distance to the demo style, lower is closer (0 = only the style's colours):",
         f"  base model (strength 0): {mean(result.baseline):.4f}",
         f"  with the LoRA (strength 1): {mean(result.trained):.4f}",
         f"style score improvement: {result.improvement:.1%}",
