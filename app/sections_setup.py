@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -14,17 +13,9 @@ from app.binding import Binder, combo, spin
 from app.colours import ERROR, set_tone
 from app.forms import Folding, Page, plain_label
 from app.health import HealthReport
-from app.thumbnails import IMAGE_NAME, ThumbnailGrid
+from app.thumbnails import FolderCount, ThumbnailGrid, folder_repeats
 from app.model_info import ModelInfo, inspect_model
 from trainer.config import DatasetFolder
-
-
-def count_images(folder: Path) -> int:
-    """Images directly in `folder` (no Python per file: 10,000 names take ~2 ms)."""
-    try:
-        return len(list(filter(IMAGE_NAME.search, os.listdir(folder))))
-    except OSError:
-        return 0
 
 
 class FolderTable(QTableWidget):
@@ -39,12 +30,14 @@ class FolderTable(QTableWidget):
         self.setMaximumHeight(200)
         self.on_change = lambda: None
         self.setAcceptDrops(True)
-        self.counts: dict[Path, int] = {}  # counted when a folder is added, not at every edit
+        # Counted by the thumbnail grid's listing, in its worker thread (set_counts).
+        self.counts: dict[Path, FolderCount] = {}
 
-    def image_count(self, folder: Path) -> int:
-        if folder not in self.counts:
-            self.counts[folder] = count_images(folder)
-        return self.counts[folder]
+    def set_counts(self, counts: dict[Path, FolderCount]) -> None:
+        self.counts = dict(counts)
+        for row in range(self.rowCount()):
+            count = self.counts.get(Path(self.item(row, 0).text()))
+            self.item(row, 1).setText("…" if count is None else str(count.images))
 
     def folders(self) -> list[DatasetFolder]:
         out = []
@@ -68,7 +61,7 @@ class FolderTable(QTableWidget):
         item.setToolTip(str(path))
         self.setItem(row, 0, item)
         self.counts.pop(Path(path), None)
-        count = QTableWidgetItem(str(self.image_count(Path(path))))
+        count = QTableWidgetItem("…")  # until the listing in the background counts it
         count.setFlags(count.flags() & ~Qt.ItemIsEditable)
         self.setItem(row, 1, count)
         box = QSpinBox()
@@ -164,6 +157,7 @@ class DatasetSection(Page):
         self.tabs = tabs
         self.body.addWidget(tabs)
         binder.changed.connect(lambda key: self._update_calculator())
+        self.thumbnails.counted.connect(self._counted)
         self._update_calculator()
 
     def _pick_folder(self) -> None:
@@ -171,15 +165,19 @@ class DatasetSection(Page):
         if path:
             self.table.add_row(Path(path))
 
+    def _counted(self, counts: dict[Path, FolderCount]) -> None:
+        self.table.set_counts(counts)
+        self._update_calculator()
+
     def _update_calculator(self) -> None:
         config = self.binder.config
         seen = 0
         for folder in config.dataset.folders:
-            repeats = folder.repeats
-            if repeats is None:
-                prefix = folder.path.name.split("_", 1)[0]
-                repeats = int(prefix) if prefix.isdigit() and "_" in folder.path.name else 1
-            seen += self.table.image_count(folder.path) * repeats
+            count = self.table.counts.get(folder.path)
+            if count is None:
+                self.calculator.setText("Counting the images...")
+                return
+            seen += count.seen_per_epoch(folder.repeats or folder_repeats(folder.path.name) or 1)
         batch = config.dataset.batch_size
         per_epoch = -(-seen // batch) if seen else 0
         steps = config.schedule.max_train_steps

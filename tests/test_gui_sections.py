@@ -82,7 +82,7 @@ def test_every_section_round_trips_through_a_preset_file(qtbot, tmp_path: Path) 
     assert window.config.network.attention == ["attn2"]
     assert window.binder.errors == {}
     assert window.config.dataset.folders[0].repeats == 3
-    assert "12 images seen per epoch" in window.dataset.calculator.text()
+    qtbot.waitUntil(lambda: "12 images seen per epoch" in window.dataset.calculator.text())
 
     preset = tmp_path / "mine.toml"
     window.save_config_file(preset, only_changes=True)
@@ -285,7 +285,8 @@ def test_folders_can_be_dropped_on_the_list(qtbot, tmp_path: Path) -> None:
     event = QDropEvent(QPointF(5, 5), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
     window.dataset.table.dropEvent(event)
     assert [f.path for f in window.config.dataset.folders] == [images]  # files are not folders
-    assert "6 images seen per epoch" in window.dataset.calculator.text()  # 2 × kohya prefix 3
+    qtbot.waitUntil(  # 2 × kohya prefix 3
+        lambda: "6 images seen per epoch" in window.dataset.calculator.text())
 
 
 def test_a_big_folder_lists_at_once_and_loads_in_the_background(qtbot, tmp_path: Path) -> None:
@@ -322,3 +323,21 @@ def test_a_folder_over_the_listing_limit_says_how_many_are_shown(qtbot, tmp_path
     assert grid.model.rowCount() == 5 and grid.loaded == 5
     assert grid.count.text() == "8 images (the first 5 are shown)"
     assert "8 images seen per epoch" in window.dataset.calculator.text()  # all of them train
+
+
+def test_folders_are_counted_in_the_background_with_kohya_subfolders(qtbot,
+                                                                      tmp_path: Path) -> None:
+    """The table and calculator wait for the worker's count (listing a big folder on the GUI
+    thread froze it); images in `N_name` subfolders count N times, other subfolders not at all."""
+    make_shapes_dataset(tmp_path / "set", 2)
+    make_shapes_dataset(tmp_path / "set" / "4_style", 3)
+    make_shapes_dataset(tmp_path / "set" / "extras", 5)
+    window = MainWindow()
+    qtbot.addWidget(window)
+    table, calculator = window.dataset.table, window.dataset.calculator
+    with qtbot.waitSignal(window.dataset.thumbnails.counted, timeout=10_000):
+        table.add_row(tmp_path / "set", 2)
+        assert table.item(0, 1).text() == "…"
+        assert calculator.text() == "Counting the images..."
+    assert table.item(0, 1).text() == "5"  # 2 + 3; the 5 in extras/ are not trained on
+    assert "16 images seen per epoch" in calculator.text()  # 2 × 2 + 3 × 4
