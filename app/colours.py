@@ -5,12 +5,17 @@ Each tone has a shade for light and one for dark backgrounds; the one that stand
 against the palette's background is used (a dark window gets a lighter red). Widgets
 given a tone with `set_tone` are re-coloured by `refresh_tones` when the palette changes (the
 main window calls it when the system switches between light and dark).
+
+`use_style` sets the window's style: Fusion, with check boxes whose outline stands out 3:1
+from the field behind them (WCAG's bar for controls). Fusion draws that outline in the window
+colour darkened, so in a dark palette an unticked box on a dark list (the target-layer tree)
+was invisible.
 """
 
 from __future__ import annotations
 
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle, QStyleOption, QWidget
 
 ERROR, MUTED, CURVE, SECOND_CURVE = "error", "muted", "curve", "second_curve"
 # (on a light background, on a dark one)
@@ -53,3 +58,43 @@ def contrast(one: QColor, other: QColor) -> float:
     """WCAG contrast ratio, 1 (none) to 21 (black on white); 4.5 is the bar for body text."""
     light, dark = sorted((luminance(one), luminance(other)), reverse=True)
     return (light + 0.05) / (dark + 0.05)
+
+
+def outline_colour(palette: QPalette, bar: float = 3.0) -> QColor:
+    """The first shade from the field (Base) toward the text colour that stands `bar`:1 out
+    from the field; the text colour itself if none does."""
+    base, text = palette.color(QPalette.Base), palette.color(QPalette.Text)
+    for step in range(1, 21):
+        t = step / 20
+        shade = QColor.fromRgbF(*(b + t * (f - b) for b, f in zip(
+            (base.redF(), base.greenF(), base.blueF()), (text.redF(), text.greenF(), text.blueF()))))
+        if contrast(shade, base) >= bar:
+            return shade
+    return text
+
+
+class _VisibleCheckBoxes(QProxyStyle):
+    """Fusion, drawing check-box outlines in `outline_colour` where its own would not stand out
+    (it takes the window colour darkened 140 %: see `use_style`)."""
+
+    _FUSION_DARKER = 140
+
+    def drawPrimitive(self, element, option: QStyleOption, painter, widget=None) -> None:  # noqa: N802
+        if element in (QStyle.PE_IndicatorCheckBox, QStyle.PE_IndicatorItemViewItemCheck):
+            palette = option.palette
+            fusion_outline = palette.color(QPalette.Window).darker(self._FUSION_DARKER)
+            if contrast(fusion_outline, palette.color(QPalette.Base)) < 3.0:
+                option = type(option)(option)
+                adjusted = QPalette(palette)
+                # 3.5, not 3: Fusion draws the outline 10 % lighter than it is given
+                adjusted.setColor(QPalette.Window,
+                                  outline_colour(palette, 3.5).lighter(self._FUSION_DARKER))
+                option.palette = adjusted
+        super().drawPrimitive(element, option, painter, widget)
+
+
+def use_style(app: QApplication) -> None:
+    """Fusion (it follows the system's light or dark colours) with visible check boxes."""
+    style = _VisibleCheckBoxes("Fusion")
+    app.setStyle(style)
+    app._style = style  # the application owns it; Python must not collect it first

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QHBoxLayout, QListWidg
                                QMessageBox, QStackedWidget, QVBoxLayout, QWidget)
 
 from app.binding import Binder
-from app.colours import refresh_tones
+from app.colours import refresh_tones, use_style
 from app.demo_offer import DemoBanner, demo_available, demo_config
 from app.loss_plot import preload_in_background
 from app.session import load_session, recent_files, remember_file, save_session, settings
@@ -274,7 +274,7 @@ class MainWindow(QMainWindow):
 def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("LoRA Studio")
-    app.setStyle("Fusion")  # Fusion follows the system's light or dark colour scheme
+    use_style(app)
     window = MainWindow(remember=True)
     window.show()
     return app.exec()

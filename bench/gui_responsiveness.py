@@ -215,8 +215,10 @@ def main() -> None:
 
     from PySide6.QtWidgets import QApplication
 
+    from app.colours import use_style
+
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    app.setStyle("Fusion")
+    use_style(app)  # as app.main.main does
     idle_stall()
     run = run_stall(root)
     images = max(images_stall(root, args.images, side) for side in args.sides)

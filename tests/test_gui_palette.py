@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
-from app.colours import contrast, luminance
+from app.colours import contrast, luminance, use_style
 from app.main import MainWindow
 from dark_palette import dark_palette
 from synthetic import add_bad_files, make_shapes_dataset
@@ -92,3 +92,40 @@ def test_a_window_opened_in_dark_mode_draws_dark(qtbot, palette_restored) -> Non
     window.binder.set_value("output", "name", "bad/name")
     label = window.findChild(object, "error:output.name")
     assert contrast(colour_of_stylesheet(label), window.palette().color(QPalette.Window)) >= 4.5
+
+
+def unticked_box_contrast(window: MainWindow) -> float:
+    """The strongest contrast between the pixels where an unticked leaf's box is drawn (the
+    first 16 px of its row: no text reaches there) and the tree's background."""
+    tree = window.network.tree
+    leaf = tree.leaves["down.attn1.to_q"]
+    leaf.setCheckState(0, Qt.Unchecked)
+    leaf.parent().setExpanded(True)
+    leaf.parent().parent().setExpanded(True)
+    window.show_section("Network")
+    QApplication.processEvents()
+    image = tree.viewport().grab().toImage()
+    row = tree.visualItemRect(leaf)
+    background = tree.palette().color(QPalette.Base)
+    return max(contrast(QColor(image.pixel(x, y)), background)
+               for x in range(row.left(), row.left() + 16) for y in range(row.top(), row.bottom()))
+
+
+def test_unticked_boxes_in_the_layer_tree_stand_out_in_both_palettes(qtbot, palette_restored):
+    """Plain Fusion drew them at 1.03:1 in the dark palette (invisible) and 1.9:1 in the light
+    one; the window's style draws their outline at 3:1 or more (WCAG's bar for controls)."""
+    before = palette_restored.style().name()
+    use_style(palette_restored)
+    try:
+        readings = []
+        for palette in (QPalette(palette_restored.palette()), dark_palette()):
+            palette_restored.setPalette(palette)
+            window = MainWindow()
+            qtbot.addWidget(window)
+            window.resize(1000, 700)
+            window.show()
+            readings.append(unticked_box_contrast(window))
+    finally:
+        palette_restored.setStyle(before)
+    light, dark = readings
+    assert light >= 3 and dark >= 3, readings

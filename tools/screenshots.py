@@ -86,10 +86,12 @@ def main() -> int:
     from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QApplication
 
+    from app.colours import use_style
     from app.main import SECTIONS, MainWindow
     from synthetic import make_shapes_dataset
 
     app = QApplication.instance() or QApplication(sys.argv)
+    use_style(app)  # as app.main.main does
     work = Path(tempfile.mkdtemp(prefix="lora-studio-shots-"))
     make_shapes_dataset(work / "10_shapes", 12)
     window = MainWindow()
