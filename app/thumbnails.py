@@ -86,7 +86,7 @@ def dataset_images(folders: list[Path]) -> tuple[list[Path], int, dict[Path, Fol
             inside = _images_in(subfolder)[0]
             found += inside
             repeats = folder_repeats(os.path.basename(subfolder))
-            if repeats:
+            if repeats and not os.path.islink(subfolder):  # training does not follow links
                 repeat_folders.append((repeats, len(inside)))
         counts[folder] = FolderCount(len(images), tuple(repeat_folders))
     return [Path(p) for p in found[:MAX_LISTED]], len(found), counts
