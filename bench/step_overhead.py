@@ -46,10 +46,11 @@ def main() -> None:
     ratios = []
     for round_index in range(args.rounds):
         a, b = common.interleaved_steps(config, root / f"run{round_index}")
-        ratios += common.bracketed_ratios(a, b)
+        pairs = common.bracketed_ratios(a, b)
+        ratios += pairs
         print(f"round {round_index}: project {statistics.median(a) * 1000:.1f} ms/step, bare "
               f"{statistics.median(b) * 1000:.1f} ms/step, ratios "
-              f"{' '.join(f'{r:.3f}' for r in common.bracketed_ratios(a, b))}; "
+              f"{' '.join(f'{r:.3f}' for r in pairs)}; "
               f"{common.load_average()}", flush=True)
     print(f"ratios {len(ratios)}, min {min(ratios):.3f}, max {max(ratios):.3f}")
     print(f"step_overhead_ratio {statistics.median(ratios):.3f}")

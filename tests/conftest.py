@@ -12,6 +12,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
+from trainer.offline import blocking  # noqa: E402
+
 
 class NetworkBlocked(RuntimeError):
     pass
@@ -21,16 +23,9 @@ class NetworkBlocked(RuntimeError):
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to open an internet connection fails the test (local socketpairs, which
     multiprocessing uses, stay allowed)."""
-    real_connect = socket.socket.connect
-
-    def guarded(self: socket.socket, address: object) -> object:
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            raise NetworkBlocked(f"test tried to connect to {address}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
-    monkeypatch.setattr(socket, "create_connection",
-                        lambda *a, **k: (_ for _ in ()).throw(NetworkBlocked(str(a))))
+    connect, create_connection = blocking(socket.socket.connect, NetworkBlocked)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ instead. Local sockets (AF_UNIX: the queues to the window) stay allowed.
 from __future__ import annotations
 
 import socket
+from typing import Callable, NoReturn
 
 INTERNET = (socket.AF_INET, socket.AF_INET6)
 
@@ -16,22 +17,30 @@ class NetworkForbidden(OSError):
     """Something in the trainer process tried to reach the network."""
 
 
-def forbid_network() -> None:
-    """From now on, connecting an internet socket in this process raises NetworkForbidden."""
-    real_connect = socket.socket.connect
-    if getattr(real_connect, "forbids_network", False):
-        return
+def blocking(real_connect: Callable, error: type[Exception] = NetworkForbidden,
+             ) -> tuple[Callable, Callable]:
+    """Replacements for `socket.socket.connect` and `socket.create_connection` that raise
+    `error` for internet addresses and leave local sockets to `real_connect`. The tests'
+    guard uses them with an error no library catches as a failed connection."""
+
+    def refuse(address: object) -> NoReturn:
+        raise error(f"the trainer does not use the network; blocked a connection to {address}")
 
     def connect(self: socket.socket, address: object) -> None:
         if self.family in INTERNET:
-            raise NetworkForbidden(f"the trainer does not use the network; blocked a "
-                                   f"connection to {address}")
+            refuse(address)
         return real_connect(self, address)
 
     def create_connection(address: object, *args: object, **kwargs: object) -> socket.socket:
-        raise NetworkForbidden(f"the trainer does not use the network; blocked a connection "
-                               f"to {address}")
+        refuse(address)
 
     connect.forbids_network = True  # type: ignore[attr-defined]
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    socket.create_connection = create_connection  # type: ignore[assignment]
+    return connect, create_connection
+
+
+def forbid_network() -> None:
+    """From now on, connecting an internet socket in this process raises NetworkForbidden."""
+    if getattr(socket.socket.connect, "forbids_network", False):
+        return
+    socket.socket.connect, socket.create_connection = blocking(  # type: ignore[method-assign]
+        socket.socket.connect)
