@@ -38,7 +38,7 @@ def cache_build_times(config, model: Path, root: Path) -> dict[str, float]:
     from trainer.caching import LatentCache, TextEmbeddingCache
     from trainer.data import base_caption, scan_dataset
     from trainer.models import load_base_model
-    from trainer.objective import encode_text
+    from trainer.conditioning import encode_prompts
 
     report = scan_dataset(config)
     base = load_base_model(model)
@@ -59,8 +59,7 @@ def cache_build_times(config, model: Path, root: Path) -> dict[str, float]:
     assert warm.hits == n, f"the warm disk cache missed {n - warm.hits} of {n}"
     start = time.perf_counter()
     with torch.no_grad():
-        TextEmbeddingCache(lambda captions: encode_text(base.tokenizer, base.text_encoder,
-                                                        captions)).fill(
+        TextEmbeddingCache(lambda captions: encode_prompts(base, captions)).fill(
             base_caption(item) for item in report.items)
     times[f"text embeddings ({len({base_caption(i) for i in report.items})} captions)"] = (
         time.perf_counter() - start) / n

@@ -68,7 +68,7 @@ def cache_root() -> Path:
 def sd15_model() -> Path:
     """The real SD 1.5 layout with random weights (seed 0), built once (a few minutes, ~4 GB)
     into a temp folder and renamed into the cache, so a killed build never leaves half a model."""
-    from trainer.models.tiny import make_sd15_random_model
+    from trainer.models.tiny import make_random_model
 
     target = cache_root() / "sd15-random-seed0"
     if (target / "model_index.json").exists():
@@ -77,7 +77,7 @@ def sd15_model() -> Path:
     building = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(building, ignore_errors=True)
     print(f"building the SD 1.5 layout with random weights in {target} (once)", flush=True)
-    make_sd15_random_model(building)
+    make_random_model(building, "sd1")
     os.replace(building, target)
     return target
 

@@ -12,7 +12,8 @@ from synthetic import make_shapes_dataset
 from trainer.config import LossConfig
 from trainer.data import image_to_tensor, load_image
 from trainer.models import load_base_model, make_tiny_model
-from trainer.objective import diffusion_loss, encode_text
+from trainer.conditioning import encode_prompts
+from trainer.objective import diffusion_loss
 
 
 def make_pretrained_tiny_model(folder: Path, *, steps: int = 400, seed: int = 0) -> list[float]:
@@ -23,8 +24,7 @@ def make_pretrained_tiny_model(folder: Path, *, steps: int = 400, seed: int = 0)
     with torch.no_grad():
         latents = torch.cat([base.vae.encode(image_to_tensor(load_image(p), (64, 64), False)[0][None])
                              .latent_dist.mean * base.vae.config.scaling_factor for p in paths])
-        context = encode_text(base.tokenizer, base.text_encoder,
-                              [p.with_suffix(".txt").read_text() for p in paths])
+        context = encode_prompts(base, [p.with_suffix(".txt").read_text() for p in paths]).context
     base.unet.requires_grad_(True).train()
     optimizer = torch.optim.AdamW(base.unet.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)

@@ -17,12 +17,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from trainer.models import ModelError, detect_architecture, load_base_model, make_tiny_model
-from trainer.models import defaults
-from trainer.models.key_map import TEXT_PREFIX, build_key_table
+from trainer.families import get_family
+from trainer.families.checkpoint_keys import TEXT_PREFIX, build_key_table
+from trainer.families.family import CLIP_TOKENIZER_DIR
 from trainer.models.ldm_config import infer_text_config, infer_unet_config, infer_vae_config
 from trainer.models.loading import build_text_encoder, build_unet, build_vae, text_key_prefix
 
 COMPONENTS = ("unet", "vae", "text_encoder")
+SD1 = get_family("sd1")
 
 
 @pytest.fixture(scope="session")
@@ -168,7 +170,8 @@ def _meta_models(unet_cfg, vae_cfg, text_cfg):
 
 def _check_table(unet_cfg, vae_cfg, text_cfg):
     unet, vae, te = _meta_models(unet_cfg, vae_cfg, text_cfg)
-    table = build_key_table(unet_cfg, vae_cfg, text_cfg, text_key_prefix(te))
+    table = build_key_table(SD1, unet_cfg, vae_cfg, {"text_encoder": text_cfg},
+                            {"text_encoder": text_key_prefix(te)})
     sds = {"unet": unet.state_dict(), "vae": vae.state_dict(), "text_encoder": te.state_dict()}
     for comp, sd in sds.items():  # every parameter exactly once
         assert table.diffusers_keys(comp) == set(sd), comp
@@ -179,23 +182,22 @@ def _check_table(unet_cfg, vae_cfg, text_cfg):
         assert back[comp].keys() == sd.keys()
         assert all(back[comp][k].shape == sd[k].shape for k in sd), comp
     for pair in table.pairs:
-        assert table.by_ldm[pair.ldm] is table.by_diffusers[(pair.component, pair.diffusers)]
+        assert table.by_ldm[pair.ldm] == [table.by_diffusers[(pair.component, pair.diffusers)]]
     return table, ldm, sds
 
 
 def test_key_table_tiny_config():
     from trainer.models.tiny import tiny_text_config, tiny_unet_config, tiny_vae_config
 
-    table, ldm, _ = _check_table(tiny_unet_config(), tiny_vae_config(), tiny_text_config())
+    table, ldm, _ = _check_table(tiny_unet_config(SD1), tiny_vae_config(SD1), tiny_text_config(SD1))
     assert len(table) == 540
 
 
 def test_key_table_sd15_and_shape_inference():
-    ucfg, vcfg, tcfg = (defaults.strip_private(c()) for c in
-                        (defaults.sd15_unet_config, defaults.sd15_vae_config, defaults.sd15_text_config))
+    ucfg, vcfg, tcfg = (SD1.config(c) for c in ("unet", "vae", "text_encoder"))
     table, ldm, sds = _check_table(ucfg, vcfg, tcfg)
     assert len(table) == 686 + 248 + 196
-    te_prefix = table.by_ldm[TEXT_PREFIX + "final_layer_norm.weight"].diffusers[: -len("final_layer_norm.weight")]
+    te_prefix = table.by_ldm[TEXT_PREFIX + "final_layer_norm.weight"][0].diffusers[: -len("final_layer_norm.weight")]
     assert te_prefix in ("", "text_model.")  # transformers 5 / 4
     spot = {
         "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
@@ -219,22 +221,22 @@ def test_key_table_sd15_and_shape_inference():
             ("text_encoder", te_prefix + "embeddings.token_embedding.weight", (49408, 768)),
     }
     for ldm_key, (comp, dif_key, shape) in spot.items():
-        pair = table.by_ldm[ldm_key]
+        pair, = table.by_ldm[ldm_key]
         assert (pair.component, pair.diffusers) == (comp, dif_key)
         assert tuple(ldm[ldm_key].shape) == shape, ldm_key
     assert tuple(sds["vae"]["encoder.mid_block.attentions.0.to_q.weight"].shape) == (512, 512)
 
     # the config inferred from the ldm shapes alone is the SD 1.5 config
     shapes = {k: tuple(v.shape) for k, v in ldm.items()}
-    u = infer_unet_config(shapes, Path("sd15.safetensors"))
+    u = infer_unet_config(shapes, Path("sd15.safetensors"), SD1)
     for key in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block",
                 "cross_attention_dim", "attention_head_dim", "in_channels", "out_channels"):
         listify = lambda x: list(x) if isinstance(x, (list, tuple)) else x  # noqa: E731
         assert listify(u[key]) == listify(ucfg[key]), key
     assert u["use_linear_projection"] is False and u["transformer_layers_per_block"] == 1
-    v = infer_vae_config(shapes, Path("sd15.safetensors"))
+    v = infer_vae_config(shapes, Path("sd15.safetensors"), SD1)
     assert v["block_out_channels"] == [128, 256, 512, 512] and v["layers_per_block"] == 2 and v["latent_channels"] == 4
-    t = infer_text_config(shapes, Path("sd15.safetensors"))
+    t = infer_text_config(shapes, Path("sd15.safetensors"), SD1, SD1.text_encoders[0])
     assert (t["hidden_size"], t["num_hidden_layers"], t["intermediate_size"], t["num_attention_heads"],
             t["vocab_size"], t["max_position_embeddings"]) == (768, 12, 3072, 12, 49408, 77)
 
@@ -287,9 +289,10 @@ def test_detect_sdxl_and_sd2(tmp_path):
     })
     assert detect_architecture(sdxl) == "sdxl"
     assert detect_architecture(sd2) == "sd2"
-    with pytest.raises(ModelError, match=r"^model\.safetensors is an SDXL model.*SD 1\.x"):
+    # recognised, and then refused for what is missing, naming the family (not "not SD 1.x")
+    with pytest.raises(ModelError, match=r"^model\.safetensors has a U-Net layout .*pick an SDXL checkpoint"):
         load_base_model(sdxl)
-    with pytest.raises(ModelError, match=r"^v2\.safetensors is an SD 2\.x model.*SD 1\.x"):
+    with pytest.raises(ModelError, match=r"^v2\.safetensors has no U-Net weights .*pick a complete SD 2\.x checkpoint"):
         load_base_model(sd2)
 
 
@@ -340,7 +343,7 @@ def test_folder_errors(tmp_path, tiny):
     cfg.update(addition_embed_type="text_time", cross_attention_dim=2048)
     (xl / "unet" / "config.json").write_text(json.dumps(cfg))
     assert detect_architecture(xl) == "sdxl"
-    with pytest.raises(ModelError, match=r"folder xl is an SDXL model"):
+    with pytest.raises(ModelError, match=r"folder xl has no text_encoder_2/config\.json"):
         load_base_model(xl)
 
 
@@ -360,13 +363,13 @@ def test_detect_reads_only_the_header(tmp_path, tiny):
 def test_clip_tokenizer_assets():
     from transformers import CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(str(defaults.CLIP_TOKENIZER_DIR), local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR), local_files_only=True)
     assert len(tok) == 49408
     assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert tok.model_max_length == 77 and tok.pad_token_id == 49407
-    vocab = json.loads((defaults.CLIP_TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8"))
+    vocab = json.loads((CLIP_TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8"))
     assert len(vocab) == 49408 and vocab["<|startoftext|>"] == 49406 and vocab["cat</w>"] == 2368
-    merges = (defaults.CLIP_TOKENIZER_DIR / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = (CLIP_TOKENIZER_DIR / "merges.txt").read_text(encoding="utf-8").splitlines()
     assert merges[0] == "#version: 0.2" and len(merges) == 1 + 48894
 
 
@@ -383,10 +386,9 @@ def test_import_is_light():
 def test_full_size_sd15_layout_loads(tmp_path):
     """A file with the exact SD 1.5 keys and shapes (zeros, fp16, ~2 GB) loads through the
     shape-inference path into an 859.52 M-parameter U-Net. Run with -m slow."""
-    ucfg, vcfg, tcfg = (defaults.strip_private(c()) for c in
-                        (defaults.sd15_unet_config, defaults.sd15_vae_config, defaults.sd15_text_config))
+    ucfg, vcfg, tcfg = (SD1.config(c) for c in ("unet", "vae", "text_encoder"))
     unet, vae, te = _meta_models(ucfg, vcfg, tcfg)
-    table = build_key_table(ucfg, vcfg, tcfg, text_key_prefix(te))
+    table = build_key_table(SD1, ucfg, vcfg, {"text_encoder": tcfg}, {"text_encoder": text_key_prefix(te)})
     ldm = table.to_ldm({"unet": unet.state_dict(), "vae": vae.state_dict(), "text_encoder": te.state_dict()})
     sd = {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in ldm.items()}
     sd[TEXT_PREFIX + "embeddings.position_ids"] = torch.arange(77)[None]

@@ -38,16 +38,20 @@ from trainer.demo.style_score import matches_scene  # noqa: E402
 
 from demo_vae import make_colour_codec  # noqa: E402
 from trainer.models import load_base_model  # noqa: E402
+from trainer.families import get_family  # noqa: E402
 from trainer.models.tiny import (  # noqa: E402
     save_diffusers_folder, tiny_text_config, tiny_unet_config, tiny_vae_config, write_random_model)
-from trainer.objective import diffusion_loss, encode_text  # noqa: E402
+
+SD1 = get_family("sd1")
+from trainer.conditioning import encode_prompts  # noqa: E402
+from trainer.objective import diffusion_loss  # noqa: E402
 
 SIZE = 64
 CAPTION_PARTS = ("colour", "background", "position")
 
 
 def demo_vae_config() -> dict:
-    cfg = tiny_vae_config()
+    cfg = tiny_vae_config(SD1)
     cfg.update(block_out_channels=[16, 16, 32, 32], norm_num_groups=8)
     return cfg
 
@@ -99,7 +103,7 @@ def train_denoiser(base, latents: torch.Tensor, scenes: list[Scene], steps: int,
         for group, peak in zip(optimizer.param_groups, peaks):
             group["lr"] = cosine_lr(step, steps, peak)
         pick = [rng.randrange(len(scenes)) for _ in range(batch)]
-        context = encode_text(base.tokenizer, text_encoder, [random_caption(scenes[i], rng) for i in pick])
+        context = encode_prompts(base, [random_caption(scenes[i], rng) for i in pick]).context
         loss = diffusion_loss(unet, latents[pick], context, base.noise_scheduler, generator,
                               loss_config, "epsilon")
         optimizer.zero_grad(set_to_none=True)
@@ -144,7 +148,8 @@ def main() -> int:
 
     rng = random.Random(args.seed)
     # Start from the project's tiny random SD 1.x model with a slimmer VAE, then train it.
-    write_random_model(args.out, tiny_unet_config(), demo_vae_config(), tiny_text_config(), seed=args.seed)
+    write_random_model(args.out, SD1, tiny_unet_config(SD1), demo_vae_config(),
+                       {"text_encoder": tiny_text_config(SD1)}, seed=args.seed)
     base = load_base_model(args.out)
     make_colour_codec(base.vae, smooth_last=3)
 
@@ -156,7 +161,7 @@ def main() -> int:
     log(f"encoded {len(scenes)} scenes; latent scaling factor {scaling}")
     unet_losses = train_denoiser(base, latents * scaling, scenes, args.unet_steps, 32, rng, log)
 
-    save_diffusers_folder(args.out, base.unet, base.vae, base.text_encoder)
+    save_diffusers_folder(args.out, SD1, base.unet, base.vae, {"text_encoder": base.text_encoder})
     train_time = time.perf_counter() - started
     log(f"saved {args.out}")
 

@@ -1,7 +1,9 @@
 """Latent and text-embedding caches: after them a training step costs only the U-Net.
 
 A latent is keyed by the image's bytes, its bucket, crop, flip and the VAE, so editing an image
-(or switching VAE) misses the cache instead of training on stale latents. The disk cache lives in
+(or switching VAE) misses the cache instead of training on stale latents. SDXL's six size ids
+(original size, crop after bucketing and flip, target size) are stored with each latent: they
+are a function of the same key. The disk cache lives in
 `$XDG_CACHE_HOME/lora-studio/latents` (one small safetensors file per entry, written atomically),
 shared between runs of the same images.
 """
@@ -16,9 +18,11 @@ from typing import Callable, Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.conditioning import Conditioning, size_ids
 from trainer.data import image_to_tensor, load_image
 
 CACHE_VERSION = "1"
+Slot = tuple[Path, tuple[int, int], bool]
 
 
 def default_cache_dir() -> Path:
@@ -52,7 +56,8 @@ class LatentCache:
         self.background = background
         self.disk_dir = disk_dir
         self.vae_id = vae_fingerprint(vae)
-        self._memory: dict[tuple[Path, tuple[int, int], bool], torch.Tensor] = {}
+        self._memory: dict[Slot, torch.Tensor] = {}
+        self._size_ids: dict[Slot, torch.Tensor] = {}
         self._digests: dict[Path, str] = {}
         self.hits = 0
         self.misses = 0
@@ -66,11 +71,20 @@ class LatentCache:
 
     @torch.no_grad()
     def encode(self, path: Path, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
-        pixels, _ = image_to_tensor(load_image(path, self.background), bucket, flip)
+        image = load_image(path, self.background)
+        pixels, crop = image_to_tensor(image, bucket, flip)
+        self._size_ids[(path, bucket, flip)] = size_ids(image.size, crop, bucket)
         param = next(self.vae.parameters())
         pixels = pixels[None].to(param.device, param.dtype)
         latent = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
         return latent[0].float().cpu()
+
+    def size_ids(self, path: Path, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
+        """SDXL's (original h, w, crop top, left, target h, w) of an encoded image."""
+        slot = (path, bucket, flip)
+        if slot not in self._size_ids:
+            self.get(path, bucket, flip)
+        return self._size_ids[slot]
 
     def get(self, path: Path, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
         slot = (path, bucket, flip)
@@ -112,25 +126,29 @@ class LatentCache:
     def _from_disk(self, path: Path, bucket: tuple[int, int], flip: bool) -> torch.Tensor | None:
         file = self._disk_path(path, bucket, flip)
         try:
-            return load_file(file)["latent"]
+            entry = load_file(file)
+            self._size_ids[(path, bucket, flip)] = entry["size_ids"]
+            return entry["latent"]
         except (OSError, KeyError, RuntimeError, ValueError):
-            return None  # absent or damaged: re-encode
+            return None  # absent, damaged or from before size ids were stored: re-encode
 
     def _to_disk(self, path: Path, bucket: tuple[int, int], flip: bool,
                  latent: torch.Tensor) -> None:
         file = self._disk_path(path, bucket, flip)
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"latent": latent.contiguous()}, tmp)
+        save_file({"latent": latent.contiguous(),
+                   "size_ids": self._size_ids[(path, bucket, flip)].contiguous()}, tmp)
         os.replace(tmp, file)
 
 
 class TextEmbeddingCache:
-    """Text-encoder outputs by caption; only valid while the text encoder is frozen."""
+    """Text-encoder outputs (context, and SDXL's pooled embedding) by caption; only valid while
+    every text encoder is frozen."""
 
-    def __init__(self, encode: Callable[[list[str]], torch.Tensor]) -> None:
+    def __init__(self, encode: Callable[[list[str]], Conditioning]) -> None:
         self._encode = encode
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: dict[str, Conditioning] = {}
 
     def fill(self, captions: Iterable[str], batch_size: int = 16) -> None:
         todo = sorted(set(captions) - self._memory.keys())
@@ -138,9 +156,9 @@ class TextEmbeddingCache:
             chunk = todo[start:start + batch_size]
             with torch.no_grad():
                 embeddings = self._encode(chunk)
-            for caption, embedding in zip(chunk, embeddings):
+            for caption, embedding in zip(chunk, embeddings.split()):
                 self._memory[caption] = embedding
 
-    def get(self, captions: list[str]) -> torch.Tensor:
+    def get(self, captions: list[str]) -> Conditioning:
         self.fill(captions)
-        return torch.stack([self._memory[c] for c in captions])
+        return Conditioning.stack([self._memory[c] for c in captions])

@@ -107,18 +107,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from trainer.models import make_tiny_model
 
-    make_tiny_model(args.dir, single_file=args.single_file, seed=args.seed)
-    print(f"tiny SD 1.x model written to {args.dir}"
-          + (f" and {args.single_file}" if args.single_file else ""))
+    from trainer.families import get_family
+
+    make_tiny_model(args.dir, single_file=args.single_file, seed=args.seed, family=args.family,
+                    prediction_type="v_prediction" if args.v_prediction else "epsilon")
+    print(f"tiny {get_family(args.family).display_label('v' if args.v_prediction else 'epsilon')} "
+          f"model written to {args.dir}" + (f" and {args.single_file}" if args.single_file else ""))
     return 0
 
 
 def cmd_dry_run(config: TrainConfig) -> int:
     from trainer.models import load_base_model
-    from trainer.network import apply_lora
+    from trainer.network import apply_lora_to
 
     base = load_base_model(config.model.path)
-    network = apply_lora(base.unet, base.text_encoder, config.network)
+    network = apply_lora_to(base, config.network)
     for name in network.layers:
         print(name)
     print(f"{len(network.layers)} modules, {network.trainable_parameter_count():,} trainable "
@@ -229,10 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_flags(show)
     show.set_defaults(func=cmd_config_show)
 
-    tiny = commands.add_parser("make-tiny-model", help="write a tiny random SD 1.x model for tests")
+    tiny = commands.add_parser("make-tiny-model", help="write a tiny random model of any family for tests and trials")
     tiny.add_argument("dir", type=Path)
-    tiny.add_argument("--single-file", type=Path, help="also write the weights as one ldm-layout file")
+    tiny.add_argument("--single-file", type=Path, help="also write the weights as one single-file checkpoint")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--family", choices=("sd1", "sd2", "sdxl"), default="sd1",
+                      help="the model family to imitate (default sd1)")
+    tiny.add_argument("--v-prediction", action="store_true",
+                      help="mark it as a v-prediction model (SD 2-768-v style)")
     tiny.set_defaults(func=cmd_make_tiny_model)
 
     runs = commands.add_parser("runs", help="past runs, from their event logs")

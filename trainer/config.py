@@ -56,9 +56,9 @@ class DatasetConfig(Section):
     caption_tag_dropout_rate: Fraction = 0.0
     resolution: Annotated[int, Field(ge=64, le=4096, multiple_of=64)] = 512
     enable_bucket: bool = True
-    min_bucket_reso: Annotated[int, Field(ge=64, multiple_of=64)] = 256
-    max_bucket_reso: Annotated[int, Field(ge=64, multiple_of=64)] = 1024
-    bucket_reso_steps: Literal[64] = 64
+    min_bucket_reso: Annotated[int, Field(ge=64, multiple_of=32)] = 256
+    max_bucket_reso: Annotated[int, Field(ge=64, multiple_of=32)] = 1024
+    bucket_reso_steps: Literal[32, 64] = Field(64, description="32 is allowed for SDXL (as kohya)")
     bucket_no_upscale: bool = False
     flip_aug: bool = False
     background_color: str = Field("#ffffff", description="transparent pixels are flattened on it")
@@ -107,6 +107,8 @@ class NetworkConfig(Section):
                           "projections")
     train_text_encoder: bool = False
     text_encoder_lr: PositiveFloat | None = Field(None, description="None: the U-Net rate")
+    text_encoder_2_lr: PositiveFloat | None = Field(
+        None, description="SDXL's second text encoder (OpenCLIP-bigG); None: text_encoder_lr")
     init_from: Path | None = Field(None, description="an existing LoRA to continue from")
 
     @field_validator("blocks")
@@ -185,6 +187,9 @@ class ScheduleConfig(Section):
 class LossConfig(Section):
     noise_offset: Annotated[float, Field(ge=0, le=1)] = 0.0
     min_snr_gamma: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    zero_terminal_snr: bool = Field(
+        False, description="rescale the noise schedule so the last step is pure noise (Lin et "
+                           "al. 2023); for v-prediction models")
 
 
 class PrecisionConfig(Section):
@@ -276,6 +281,12 @@ class TrainConfig(BaseModel):
     @property
     def text_encoder_lr(self) -> float:
         return self.network.text_encoder_lr or self.optimizer.learning_rate
+
+    def text_encoder_rate(self, component: str) -> float:
+        """The learning rate of one text encoder ("text_encoder" or SDXL's "text_encoder_2")."""
+        if component == "text_encoder_2" and self.network.text_encoder_2_lr:
+            return self.network.text_encoder_2_lr
+        return self.text_encoder_lr
 
     @property
     def network_scale(self) -> float:

@@ -1,7 +1,8 @@
 """Writing the product: one kohya-format `.safetensors` LoRA with its metadata and hashes.
 
-See shared/lora-format.md. Tensors are `lora_unet_*` / `lora_te_*` modules with `lora_down`,
-`lora_up` and the real `alpha`, all in the save precision; every metadata value is a string.
+See docs/lora-format.md. Tensors are `lora_unet_*` / `lora_te_*` (SDXL: `lora_te1_*`, `lora_te2_*`)
+modules with `lora_down`, `lora_up` and the real `alpha`, all in the save precision; every
+metadata value is a string.
 `sshs_model_hash` is the sha256 of the tensor-data section, computed by serialising the final
 tensors once before the real header is written (the data section does not depend on metadata).
 """
@@ -20,13 +21,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save, save_file
 
+from trainer.families import FAMILIES, get_family
+
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-# family -> (ss_base_model_version, modelspec.architecture, ss_v2). SD 2.x shares SD 1.x's key
-# layout; SDXL needs the compvis layout (lora-format.md) and is refused until it is written.
-BASE_VERSIONS = {"sd1": ("sd_v1", "stable-diffusion-v1/lora", False),
-                 "sd2": ("sd_v2", "stable-diffusion-v2-512/lora", True),
-                 "sd2_v": ("sd_v2_v", "stable-diffusion-v2-768-v/lora", True)}
 THUMBNAIL_SIDE = 256
+
+
+def base_versions() -> dict[str, tuple[str, bool]]:
+    """ss_base_model_version -> (modelspec.architecture, ss_v2) over every family."""
+    return {version: (architecture, family.ss_v2) for family in FAMILIES.values()
+            for version, architecture, _ in family.versions.values()}
 
 
 class ExportError(ValueError):
@@ -44,20 +48,16 @@ def tensor_data_hashes(tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
 
 
 def base_model_metadata(family: str, prediction_type: str) -> dict[str, str]:
-    """The keys A1111 groups LoRAs by, and the modelspec architecture."""
-    if family == "sd2" and prediction_type in ("v", "v_prediction"):
-        family = "sd2_v"
-    if family not in BASE_VERSIONS:
-        raise ExportError(f"cannot export a LoRA for base family {family!r} yet")
-    version, architecture, is_v2 = BASE_VERSIONS[family]
-    return {
-        "ss_base_model_version": version,
-        "ss_v2": str(is_v2),
-        "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": architecture,
-        "modelspec.implementation": "diffusers",
-        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
-    }
+    """The keys A1111 groups LoRAs by (ss_base_model_version, ss_v2) and modelspec's
+    architecture, implementation, default resolution and prediction type, for a family or
+    detection name ("sd1", "sd2", "sd2_v", "sdxl")."""
+    try:
+        spec = get_family(family)
+    except KeyError:
+        raise ExportError(f"cannot export a LoRA for base family {family!r}") from None
+    if family == "sd2_v":
+        prediction_type = "v_prediction"
+    return spec.base_metadata(prediction_type)
 
 
 def write_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],

@@ -8,7 +8,7 @@ from trainer.events import Failed
 
 HINTS = {
     "dataset": "check the dataset folder; `lora-train validate` lists every file it skips and why",
-    "model": "pick an SD 1.x model: a diffusers folder or one .safetensors checkpoint",
+    "model": "pick an SD 1.x, SD 2.x or SDXL model: a diffusers folder or one .safetensors checkpoint",
     "config": "fix the value named above (lora-train config show prints the whole config)",
     "nan": "lower the learning rate or enable gradient clipping (optimizer.max_grad_norm); "
            "the last good checkpoint is kept",

@@ -17,15 +17,16 @@ import torch
 
 from trainer import checkpoint as ckpt
 from trainer.caching import LatentCache, TextEmbeddingCache, default_cache_dir
+from trainer.conditioning import Conditioning, encode_prompts
 from trainer.config import TrainConfig
-from trainer.config_io import config_to_toml
+from trainer.config_io import ConfigError, config_to_toml
 from trainer.data import (DatasetError, DatasetReport, base_caption, captions_are_static, epoch_batches,
                           sample_plan, scan_dataset)
 from trainer.events import Event, EventLog, Finished, Log, Loss, Progress, Saved, Started
 from trainer.metadata import training_metadata
 from trainer.models import load_base_model
-from trainer.network import apply_lora
-from trainer.objective import diffusion_loss, encode_text
+from trainer.network import apply_lora_to
+from trainer.objective import diffusion_loss
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.sampling import PreviewRenderer, prompt_specs
 
@@ -117,24 +118,38 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     if device.type == "cpu" and config.precision.mixed_precision != "no":
         send(Log("info", "mixed precision is for CUDA GPUs; this CPU run trains in fp32"))
     base = load_base_model(config.model.path, dtype=amp_dtype or torch.float32, device=device)
+    family = base.spec
+    if report.settings.bucket_reso_steps not in family.bucket_steps:
+        raise ConfigError(f"dataset.bucket_reso_steps = {report.settings.bucket_reso_steps} is for "
+                          f"SDXL models; {base.source.name} is {family.label}: use "
+                          f"{' or '.join(map(str, family.bucket_steps))}")
     if base.vae.dtype != torch.float32:
         base.vae.to(torch.float32)  # SD's VAE overflows in fp16 (kohya's --no_half_vae, always)
+    # The file's own signal (a v_pred key, a folder's scheduler) unless the user says otherwise.
     prediction_type = (base.prediction_type if config.model.prediction_type == "auto"
                        else config.model.prediction_type)
     base.noise_scheduler.register_to_config(prediction_type=prediction_type)
+    if config.loss.zero_terminal_snr:
+        from diffusers.schedulers import DDPMScheduler
+        base.noise_scheduler = DDPMScheduler.from_config(base.noise_scheduler.config,
+                                                         rescale_betas_zero_snr=True)
+    send(Log("info", f"{family.display_label(prediction_type)} model {base.source.name}"))
     torch.manual_seed(config.schedule.seed)
-    network = apply_lora(base.unet, base.text_encoder, config.network)
+    network = apply_lora_to(base, config.network)
     if config.network.init_from:
         from trainer.lora_reader import init_network_from
         init_network_from(network, config.network.init_from)
         send(Log("info", f"started from the LoRA {config.network.init_from}"))
     base.vae.requires_grad_(False).eval()
     base.unet.train()
-    base.text_encoder.train(network.text_encoder_layers != {})
+    trained_encoders = {c: bool(network.parameters(c)) for c in base.text_encoders}
+    for component, encoder in base.text_encoders.items():
+        encoder.train(trained_encoders[component])
     if config.precision.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
-        if network.text_encoder_layers:
-            base.text_encoder.gradient_checkpointing_enable()
+        for component, encoder in base.text_encoders.items():
+            if trained_encoders[component]:
+                encoder.gradient_checkpointing_enable()
     if config.precision.attention == "xformers":
         import importlib.util
         if device.type == "cuda" and importlib.util.find_spec("xformers"):
@@ -159,8 +174,8 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
             raise DatasetError("no image could be read while caching; run `lora-train validate`")
         total_steps = total_steps_for(config, report)
 
-    def text_context(captions: list[str]) -> torch.Tensor:
-        return encode_text(base.tokenizer, base.text_encoder, captions, config.model.clip_skip)
+    def text_context(captions: list[str]) -> Conditioning:
+        return encode_prompts(base, captions, config.model.clip_skip)
 
     text_cache = None
     if (not network.text_encoder_layers and config.precision.cache_text_encoder_outputs
@@ -241,7 +256,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                 position.batch_in_epoch = 0
                 batches = epoch_batches(report.items, batch_size, config.schedule.seed,
                                         position.epoch)
-            batch_latents, captions = [], []
+            batch_latents, captions, sizes = [], [], []
             for slot, index in enumerate(batches[position.batch_in_epoch]):
                 item = report.items[index]
                 caption, flip = sample_plan(item, config.schedule.seed, position.epoch,
@@ -250,13 +265,16 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                 batch_latents.append(latents.get(item.path, item.bucket, flip)
                                      if config.precision.cache_latents
                                      else latents.encode(item.path, item.bucket, flip))
+                if family.micro_conditioning:
+                    sizes.append(latents.size_ids(item.path, item.bucket, flip))
                 files.append(item.path.name)
             position.batch_in_epoch += 1
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                context = text_cache.get(captions) if text_cache else text_context(captions)
+                cond = (text_cache.get(captions) if text_cache else text_context(captions)).to(device)
                 loss = diffusion_loss(base.unet, torch.stack(batch_latents).to(device),
-                                      context.to(device), base.noise_scheduler, noise_rng,
-                                      config.loss, prediction_type)
+                                      cond.context, base.noise_scheduler, noise_rng,
+                                      config.loss, prediction_type,
+                                      cond.unet_kwargs(torch.stack(sizes) if sizes else None))
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(position.step + 1, files, loss.item())
             step_loss += loss.item() / accumulation

@@ -1,7 +1,7 @@
 """Reading any LoRA file: ours, kohya's, diffusers/PEFT-named and OneTrainer's.
 
 Every naming is normalised to kohya module names (`lora_unet_down_blocks_0_..._to_q`,
-`lora_te_text_model_encoder_layers_0_self_attn_q_proj`, see shared/lora-format.md) with a
+`lora_te_text_model_encoder_layers_0_self_attn_q_proj`, see docs/lora-format.md) with a
 `down` [r, in], an `up` [out, r] and an alpha, so `lora-train inspect`, `verify` and
 `--init-from` see one shape of data whatever wrote the file.
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from trainer.models.safetensors_header import (
+from trainer.families.safetensors_header import (
     DTYPE_SIZES, SafetensorsError, TensorInfo, parse_header,
 )
 
@@ -204,16 +204,37 @@ class LoraFile:
 
     def guess_base(self) -> str | None:
         if any(n.startswith(("lora_te1_", "lora_te2_")) or "input_blocks" in n
-               for n in self.modules):
+               or "middle_block" in n or "output_blocks" in n for n in self.modules):
             return "sdxl_base_v1-0"
         widths = {m.down.shape[1] for n, m in self.modules.items() if m.down is not None and (
             n.endswith(("attn2_to_k", "attn2_to_v"))
             or (n.startswith("lora_te_") and "_self_attn_" in n))}
-        if widths == {768}:
-            return "sd_v1"
-        if widths == {1024}:
-            return "sd_v2"
-        return None
+        return {768: "sd_v1", 1024: "sd_v2", 2048: "sdxl_base_v1-0"}.get(
+            next(iter(widths)) if len(widths) == 1 else 0)
+
+    @property
+    def family(self) -> str | None:
+        """"sd1", "sd2" or "sdxl": what the metadata says (A1111's rule: an `sdxl_` version is
+        SDXL, ss_v2 "True" is SD 2.x), else what the names and widths show; None if neither."""
+        version = self.metadata.get("ss_base_model_version") or ""
+        architecture = self.metadata.get("modelspec.architecture") or ""
+        if version.startswith("sdxl_") or architecture.startswith("stable-diffusion-xl"):
+            return "sdxl"
+        if version.startswith("sd_v2") or self.metadata.get("ss_v2") == "True" \
+                or architecture.startswith("stable-diffusion-v2"):
+            return "sd2"
+        if version.startswith("sd_v1") or architecture.startswith("stable-diffusion-v1"):
+            return "sd1"
+        guess = self.guess_base() or ""
+        return {"sdxl_base_v1-0": "sdxl", "sd_v2": "sd2", "sd_v1": "sd1"}.get(guess)
+
+    @property
+    def kind(self) -> str:
+        """The network kind the tensors show ("LoRA", "LoCon" with conv layers, or what
+        `_UNSUPPORTED` names)."""
+        conv = any(m.down is not None and m.down.dim() == 4 and tuple(m.down.shape[2:]) != (1, 1)
+                   for m in self.modules.values())
+        return "LoCon (LoRA with conv layers)" if conv else "LoRA"
 
     def trigger_words(self, top: int = 10) -> tuple[list[str], list[tuple[str, int]]]:
         """(modelspec.trigger_phrase split at commas, the most frequent training tags)."""
@@ -394,7 +415,7 @@ _HEADER_MESSAGES = {
 def read_header(path: Path) -> tuple[int, dict[str, TensorEntry], dict[str, str], list[str]]:
     """(N, tensor entries, metadata, warnings) with every safety check done; no tensor data read.
 
-    The header itself is checked by the shared parser (trainer.models.safetensors_header); on top
+    The header itself is checked by the shared parser (trainer.families.safetensors_header); on top
     of it a LoRA's metadata values must be strings, and long ones are cut with a warning."""
     path = Path(path)
     try:
@@ -541,8 +562,13 @@ def _number(value: float | None) -> str:
 
 def format_inspect(lora: LoraFile) -> str:
     """What `lora-train inspect` prints."""
+    from trainer.families import get_family
+
+    family = get_family(lora.family).label if lora.family else "unknown"
     lines = [f"file:          {lora.path.name} ({lora.size:,} bytes)",
              f"naming:        {lora.naming}",
+             f"family:        {family}",
+             f"kind:          {lora.kind}",
              f"base model:    {lora.base_version}"]
     if "ss_v2" in lora.metadata:
         lines.append(f"ss_v2:         {lora.metadata['ss_v2']}")
@@ -627,6 +653,13 @@ def init_network_from(network, path: Path | str) -> None:
     if lora.unknown_keys:
         raise NetworkError(f"network.init_from: {path.name} has keys this trainer does not "
                            f"understand, e.g. {lora.unknown_keys[0]}")
+    if lora.family and lora.family != network.family:
+        from trainer.families import get_family
+
+        raise NetworkError(f"network.init_from: {path.name} is a LoRA for "
+                           f"{get_family(lora.family).label} models but this run trains on an "
+                           f"{get_family(network.family).label} model; pick a LoRA made for "
+                           f"{get_family(network.family).label}")
     wanted, have = set(network.layers), set(lora.modules)
     file_te, net_te = bool(lora.text_encoder_modules), bool(network.text_encoder_layers)
     if file_te and not net_te:

@@ -1,6 +1,6 @@
 """The exported file's metadata: kohya's `ss_*` training record and the modelspec keys.
 
-Names and value formats follow shared/lora-format.md (every value a string; JSON where the value
+Names and value formats follow docs/lora-format.md (every value a string; JSON where the value
 is structured; booleans as "True"/"False"). Civitai reads `ss_tag_frequency` for its training-tags
 view; A1111 groups LoRAs by `ss_base_model_version` / `ss_v2`.
 """
@@ -97,6 +97,7 @@ def training_metadata(config: TrainConfig, report: DatasetReport, base, position
         "modelspec.date": _iso(time.time()),
     }
     meta.update(base_model_metadata(base.family, base.noise_scheduler.config.prediction_type))
+    meta["modelspec.resolution"] = f"{width}x{height}"  # what it was trained at, not the default
     for key in ("author", "description", "license", "trigger_phrase"):
         value = getattr(config.metadata, key)
         if value:

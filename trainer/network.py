@@ -1,15 +1,18 @@
 """The LoRA network: which modules get adapters, peft injection, and kohya names.
 
 peft's `LoraLayer` does the maths (W x + scale * B A x with scale = alpha / rank); this module
-picks the targets from the config, and maps every adapter to and from its kohya key
-(`lora_unet_down_blocks_0_..._attn1_to_q.lora_down.weight`, see shared/lora-format.md).
+picks the targets from the config, and maps every adapter to and from its kohya key, per family
+(docs/lora-format.md): SD 1.x / 2.x U-Net modules by their diffusers path
+(`lora_unet_down_blocks_0_..._attn1_to_q`), SDXL ones by the original SGM path
+(`lora_unet_input_blocks_4_1_..._attn1_to_q`), text encoders as `lora_te_` (SD 1/2) or
+`lora_te1_` / `lora_te2_` (SDXL) + the transformers 4 path.
 """
 
 from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -18,6 +21,8 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from trainer.config import NetworkConfig
+from trainer.families import Family, get_family
+from trainer.families.checkpoint_keys import unet_sgm_paths
 
 ADAPTER = "default"
 UNET_ATTENTION = re.compile(
@@ -69,10 +74,19 @@ def select_text_encoder_targets(module_names: list[str]) -> list[str]:
 
 def kohya_name(prefix: str, module_path: str) -> str:
     """`lora_unet_` + path with dots as underscores. Text encoder paths are written in the
-    transformers 4 layout (`text_model.encoder...`) whatever version is installed."""
-    if prefix == "lora_te" and not module_path.startswith("text_model."):
+    transformers 4 layout (`text_model.encoder...`) whatever version is installed (transformers
+    5's CLIPTextModel has no `text_model` level; CLIPTextModelWithProjection still has one)."""
+    if prefix.startswith("lora_te") and not module_path.startswith("text_model."):
         module_path = "text_model." + module_path
     return f"{prefix}_{module_path.replace('.', '_')}"
+
+
+def unet_kohya_names(family: Family, unet_config: dict, module_paths: list[str]) -> dict[str, str]:
+    """diffusers module path -> kohya name for U-Net modules, in the family's naming."""
+    if family.unet_names == "sgm":
+        sgm = unet_sgm_paths(dict(unet_config))
+        return {path: kohya_name("lora_unet", sgm[path]) for path in module_paths}
+    return {path: kohya_name("lora_unet", path) for path in module_paths}
 
 
 @dataclass
@@ -83,15 +97,24 @@ class LoraNetwork:
     alpha: float
     unet_layers: dict[str, LoraLayer]      # kohya name -> peft layer
     text_encoder_layers: dict[str, LoraLayer]
+    # kohya name -> "text_encoder" | "text_encoder_2" for every text-encoder layer
+    text_encoder_of: dict[str, str] = field(default_factory=dict)
+    family: str = "sd1"
 
     @property
     def layers(self) -> dict[str, LoraLayer]:
         return {**self.unet_layers, **self.text_encoder_layers}
 
     def parameters(self, part: str = "all") -> list[nn.Parameter]:
-        """Trainable tensors in a fixed order (the optimizer's state is keyed by position)."""
-        layers = {"unet": self.unet_layers, "text_encoder": self.text_encoder_layers,
-                  "all": self.layers}[part]
+        """Trainable tensors in a fixed order (the optimizer's state is keyed by position).
+        `part`: "all", "unet", "text_encoders" (both), or one text encoder's component name."""
+        if part in ("unet", "all"):
+            layers = self.unet_layers if part == "unet" else self.layers
+        elif part == "text_encoders":
+            layers = self.text_encoder_layers
+        else:
+            layers = {n: layer for n, layer in self.text_encoder_layers.items()
+                      if self.text_encoder_of.get(n, "text_encoder") == part}
         params = []
         for name in sorted(layers):
             layer = layers[name]
@@ -150,36 +173,54 @@ class LoraNetwork:
 
 
 def _inject(model: nn.Module, targets: list[str], network: NetworkConfig,
-            prefix: str) -> dict[str, LoraLayer]:
+            names: dict[str, str]) -> dict[str, LoraLayer]:
     config = LoraConfig(r=network.rank, lora_alpha=network.alpha, lora_dropout=network.dropout,
                         target_modules=targets, init_lora_weights=True, bias="none")
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     modules = dict(model.named_modules())
-    layers = {kohya_name(prefix, name): modules[name] for name in targets}
+    layers = {names[name]: modules[name] for name in targets}
     for name, layer in layers.items():
         if not isinstance(layer, LoraLayer):
             raise NetworkError(f"peft did not wrap {name}; got {type(layer).__name__}")
     return layers
 
 
-def apply_lora(unet: nn.Module, text_encoder: nn.Module | None,
-               network: NetworkConfig) -> LoraNetwork:
+def apply_lora(unet: nn.Module, text_encoders: nn.Module | dict[str, nn.Module] | None,
+               network: NetworkConfig, family: Family | None = None) -> LoraNetwork:
     """Freeze the base weights and inject adapters on the configured targets.
 
-    Targets are chosen with the base model's own random stream untouched: peft initialises
-    lora_A from torch's global RNG, so call this after seeding for reproducible runs."""
+    `text_encoders` is {component: model} (one bare model means SD 1.x's "text_encoder");
+    `family` decides the kohya names (default SD 1.x). Targets are chosen with the base model's
+    own random stream untouched: peft initialises lora_A from torch's global RNG, so call this
+    after seeding for reproducible runs."""
+    family = family or get_family("sd1")
+    if isinstance(text_encoders, nn.Module):
+        text_encoders = {"text_encoder": text_encoders}
     unet.requires_grad_(False)
     unet_targets = select_unet_targets([n for n, _ in unet.named_modules()], network)
     _check_rank(unet, unet_targets, network.rank)
-    unet_layers = _inject(unet, unet_targets, network, "lora_unet")
+    unet_layers = _inject(unet, unet_targets, network,
+                          unet_kohya_names(family, unet.config, unet_targets))
     text_layers: dict[str, LoraLayer] = {}
-    if text_encoder is not None:
-        text_encoder.requires_grad_(False)
+    owner: dict[str, str] = {}
+    for spec in family.text_encoders:
+        encoder = (text_encoders or {}).get(spec.component)
+        if encoder is None:
+            continue
+        encoder.requires_grad_(False)
         if network.train_text_encoder:
-            te_targets = select_text_encoder_targets([n for n, _ in text_encoder.named_modules()])
-            _check_rank(text_encoder, te_targets, network.rank)
-            text_layers = _inject(text_encoder, te_targets, network, "lora_te")
-    return LoraNetwork(network.rank, network.alpha, unet_layers, text_layers)
+            te_targets = select_text_encoder_targets([n for n, _ in encoder.named_modules()])
+            _check_rank(encoder, te_targets, network.rank)
+            names = {t: kohya_name(spec.kohya_prefix, t) for t in te_targets}
+            layers = _inject(encoder, te_targets, network, names)
+            text_layers.update(layers)
+            owner.update({name: spec.component for name in layers})
+    return LoraNetwork(network.rank, network.alpha, unet_layers, text_layers, owner, family.name)
+
+
+def apply_lora_to(base, network: NetworkConfig) -> LoraNetwork:
+    """`apply_lora` on a loaded BaseModel: its U-Net, every text encoder, its family's names."""
+    return apply_lora(base.unet, base.text_encoders, network, base.spec)
 
 
 def _check_rank(model: nn.Module, targets: list[str], rank: int) -> None:

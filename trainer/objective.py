@@ -1,4 +1,4 @@
-"""The diffusion training objective: text conditioning, noising, and the weighted MSE.
+"""The diffusion training objective: noising, the prediction target and the weighted MSE.
 
 Kept apart from the loop so the step maths can be read (and benchmarked) on its own.
 """
@@ -11,20 +11,6 @@ import torch.nn.functional as F
 from trainer.config import LossConfig
 
 
-def encode_text(tokenizer, text_encoder: torch.nn.Module, captions: list[str],
-                clip_skip: int = 1) -> torch.Tensor:
-    """CLIP hidden states [B, 77, D]; clip_skip = 2 takes the penultimate layer, re-normalised
-    (what A1111 and kohya do)."""
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    ids = ids.to(next(text_encoder.parameters()).device)
-    if clip_skip == 1:
-        return text_encoder(ids).last_hidden_state
-    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
-    # transformers 5 dropped the `text_model` level; both layouts have final_layer_norm.
-    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
-
-
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     alpha_bar = alphas_cumprod[timesteps]
     return alpha_bar / (1.0 - alpha_bar)
@@ -32,9 +18,11 @@ def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
 
 def diffusion_loss(unet: torch.nn.Module, latents: torch.Tensor, context: torch.Tensor,
                    noise_scheduler, generator: torch.Generator, loss: LossConfig,
-                   prediction_type: str) -> torch.Tensor:
+                   prediction_type: str, added_cond: dict | None = None) -> torch.Tensor:
     """One batch's loss. All randomness comes from `generator` (a CPU generator, so a run is
-    the same on any device and a resume can restore it exactly)."""
+    the same on any device and a resume can restore it exactly). The target is the noise for
+    epsilon models and v = sqrt(a) * noise - sqrt(1 - a) * latents for v-prediction ones;
+    `added_cond` is SDXL's pooled embedding and size ids (Conditioning.unet_kwargs)."""
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator)
     if loss.noise_offset:
@@ -49,13 +37,16 @@ def diffusion_loss(unet: torch.nn.Module, latents: torch.Tensor, context: torch.
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    prediction = unet(noisy, timesteps, context).sample
+    prediction = unet(noisy, timesteps, context, **(added_cond or {})).sample
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
         dim=(1, 2, 3))
     if loss.min_snr_gamma:
         # Min-SNR weighting (Hang et al. 2023): low-noise steps stop dominating the loss.
         ratio = snr(noise_scheduler.alphas_cumprod.to(latents.device), timesteps)
         clipped = torch.clamp(ratio, max=loss.min_snr_gamma)
-        weight = clipped / (ratio + 1) if prediction_type == "v_prediction" else clipped / ratio
+        if prediction_type == "v_prediction":
+            weight = clipped / (ratio + 1)
+        else:  # at a zero terminal SNR the epsilon weight 0/0 is taken as 1 (as diffusers does)
+            weight = torch.where(ratio == 0, torch.ones_like(ratio), clipped / ratio)
         per_sample = per_sample * weight
     return per_sample.mean()

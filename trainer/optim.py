@@ -17,11 +17,13 @@ class OptimizerError(ValueError):
 
 def build_optimizer(config: TrainConfig, network: LoraNetwork,
                     device: torch.device) -> torch.optim.Optimizer:
-    """One parameter group for the U-Net adapters, one for the text encoder's (own rate)."""
+    """One parameter group for the U-Net adapters, one per trained text encoder (own rates)."""
     opt = config.optimizer
     groups = [{"params": network.parameters("unet"), "lr": opt.learning_rate}]
-    if network.text_encoder_layers:
-        groups.append({"params": network.parameters("text_encoder"), "lr": config.text_encoder_lr})
+    for component in ("text_encoder", "text_encoder_2"):
+        params = network.parameters(component)
+        if params:
+            groups.append({"params": params, "lr": config.text_encoder_rate(component)})
     common = {"weight_decay": opt.weight_decay, "betas": opt.betas}
     if opt.type == "AdamW":
         return torch.optim.AdamW(groups, eps=opt.eps, **common)

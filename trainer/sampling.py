@@ -74,14 +74,13 @@ class PreviewRenderer:
     network, the base model alone."""
 
     def __init__(self, base_model, network: LoraNetwork | None, *, baseline: bool) -> None:
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler
+
+        from trainer.pipelines import build_pipeline
 
         scheduler = DDIMScheduler.from_config(base_model.noise_scheduler.config)
-        self.pipeline = StableDiffusionPipeline(
-            vae=base_model.vae, text_encoder=base_model.text_encoder,
-            tokenizer=base_model.tokenizer, unet=base_model.unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        self.pipeline.set_progress_bar_config(disable=True)
+        self.pipeline = build_pipeline(base_model, scheduler)  # the family's own pipeline
+        self.modules = [base_model.unet, *base_model.text_encoders.values()]
         self.network = network
         self.baseline = baseline
 
@@ -89,8 +88,9 @@ class PreviewRenderer:
         device = self.pipeline.unet.device
         generator = torch.Generator("cpu").manual_seed(spec.seed)
         # Sample latents on the CPU generator so a preview is the same image on any device.
-        latents = torch.randn((1, self.pipeline.unet.config.in_channels, spec.height // 8,
-                               spec.width // 8), generator=generator)
+        factor = self.pipeline.vae_scale_factor
+        latents = torch.randn((1, self.pipeline.unet.config.in_channels, spec.height // factor,
+                               spec.width // factor), generator=generator)
         pipe = self.pipeline
         strength_set = self.network.strength(strength) if self.network else nullcontext()
         with strength_set, torch.no_grad():
@@ -108,13 +108,12 @@ class PreviewRenderer:
 
     def render_all(self, specs: list[PromptSpec], step: int) -> list[Sample]:
         """Every prompt at its strength, plus strength 0; training RNG streams untouched."""
-        unet, text_encoder = self.pipeline.unet, self.pipeline.text_encoder
-        modes = (unet.training, text_encoder.training)
+        modes = [module.training for module in self.modules]
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         samples = []
         with torch.random.fork_rng(devices=devices):
-            unet.eval()
-            text_encoder.eval()
+            for module in self.modules:
+                module.eval()
             try:
                 for spec in specs:
                     strengths = [spec.strength] + ([0.0] if self.baseline else [])
@@ -123,6 +122,6 @@ class PreviewRenderer:
                                               scale=strength,
                                               png_bytes=self.render(spec, strength)))
             finally:
-                unet.train(modes[0])
-                text_encoder.train(modes[1])
+                for module, mode in zip(self.modules, modes):
+                    module.train(mode)
         return samples

@@ -1,4 +1,4 @@
-"""Reading an exported LoRA back and proving it is what shared/lora-format.md says.
+"""Reading an exported LoRA back and proving it is what docs/lora-format.md says.
 
 `verify_lora_file(path, base)` returns a VerifyReport: one Check (name, ok, detail) per rule.
 File rules: the grammar of every key, three tensors per module, one dtype, metadata present and
@@ -23,18 +23,25 @@ from trainer.lora_reader import DTYPE_NAMES, LoraFile, read_lora_file
 
 ADAPTER = "lora_studio_verify"
 _INDEX = r"\d+"
+_TRANSFORMER_TAIL = (rf"_(?:proj_in|proj_out|transformer_blocks_{_INDEX}_(?:attn[12]_(?:to_q|to_k|to_v|to_out_0)"
+                     rf"|ff_net_0_proj|ff_net_2))")
+# SD 1.x / 2.x: diffusers paths
 _UNET_TRANSFORMER = (
     rf"(?:down_blocks_{_INDEX}_attentions_{_INDEX}|mid_block_attentions_0|"
-    rf"up_blocks_{_INDEX}_attentions_{_INDEX})"
-    rf"_(?:proj_in|proj_out|transformer_blocks_{_INDEX}_(?:attn[12]_(?:to_q|to_k|to_v|to_out_0)"
-    rf"|ff_net_0_proj|ff_net_2))")
+    rf"up_blocks_{_INDEX}_attentions_{_INDEX}){_TRANSFORMER_TAIL}")
 _UNET_CONV = (
     rf"(?:(?:down_blocks_{_INDEX}|mid_block|up_blocks_{_INDEX})_resnets_{_INDEX}"
     rf"_(?:conv1|conv2|conv_shortcut|time_emb_proj)"
     rf"|down_blocks_{_INDEX}_downsamplers_0_conv|up_blocks_{_INDEX}_upsamplers_0_conv)")
+# SDXL: the original SGM paths (docs/lora-format.md, "Names, SDXL")
+_SGM_TRANSFORMER = rf"(?:input_blocks_{_INDEX}_1|middle_block_1|output_blocks_{_INDEX}_1){_TRANSFORMER_TAIL}"
+_SGM_CONV = (
+    rf"(?:(?:input_blocks_{_INDEX}|output_blocks_{_INDEX})_0|middle_block_[02])"
+    rf"_(?:in_layers_2|out_layers_3|emb_layers_1|skip_connection)"
+    rf"|input_blocks_{_INDEX}_0_op|output_blocks_{_INDEX}_[12]_conv")
 MODULE_NAME = re.compile(
-    rf"^(?:lora_unet_(?:{_UNET_TRANSFORMER}|{_UNET_CONV})"
-    rf"|lora_te_text_model_encoder_layers_{_INDEX}_(?:self_attn_(?:q|k|v|out)_proj|mlp_fc[12]))$")
+    rf"^(?:lora_unet_(?:{_UNET_TRANSFORMER}|{_UNET_CONV}|{_SGM_TRANSFORMER}|{_SGM_CONV})"
+    rf"|lora_te[12]?_text_model_encoder_layers_{_INDEX}_(?:self_attn_(?:q|k|v|out)_proj|mlp_fc[12]))$")
 PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 REQUIRED_METADATA = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_v2",
                      "ss_base_model_version", "modelspec.sai_model_spec",
@@ -231,10 +238,9 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
     version, v2, arch = (meta.get("ss_base_model_version"), meta.get("ss_v2"),
                          meta.get("modelspec.architecture"))
     if version and v2 and arch:
-        from trainer.export import BASE_VERSIONS
+        from trainer.export import base_versions
 
-        table = {v: (a, str(is_v2)) for v, a, is_v2 in BASE_VERSIONS.values()}
-        table["sdxl_base_v1-0"] = ("stable-diffusion-xl-v1-base/lora", "False")
+        table = {v: (a, str(is_v2)) for v, (a, is_v2) in base_versions().items()}
         expected = table.get(version)
         report.add("base version keys agree",
                    expected is not None and expected == (arch, v2),
@@ -280,11 +286,9 @@ def verify_lora_file(path: Path | str, base_model_path: Path | str | None = None
 
     base = load_base_model(Path(base_model_path))
     check_base(lora, modules, base, report)
-    if base.family not in ("sd1", "sd2", "sd2_v"):
-        report.skipped.append(f"diffusers checks: {base.family} pipelines are not verified yet")
-        return report
     if Path(base_model_path).is_dir():
-        base.unet = base.text_encoder = None  # free them: the pipeline loads its own copy
+        # free them: the pipeline loads its own copy
+        base.unet = base.text_encoder = base.text_encoder_2 = None
     try:
         check_diffusers(lora, modules, Path(base_model_path), base, report)
     except Exception as error:  # a loader crash is a failed check, not a crash of verify

@@ -1,8 +1,9 @@
 """Base-model rules of `verify_lora_file`: shapes against the base, and diffusers' own loader.
 
-diffusers' `load_lora_weights` reads the file into a pipeline of the base model; for every module
-the fused weight must equal W0 + (alpha / r) * up @ down, and a fixed-seed U-Net (and
-text-encoder) output must change at strength 1 and equal the base at strength 0.
+diffusers' `load_lora_weights` reads the file into the family's pipeline of the base model
+(StableDiffusionXLPipeline for SDXL); for every module the fused weight must equal
+W0 + (alpha / r) * up @ down, and fixed-seed U-Net and text-encoder outputs must change at
+strength 1 and equal the base at strength 0.
 """
 
 from __future__ import annotations
@@ -12,18 +13,36 @@ from pathlib import Path
 from trainer.lora_reader import LoraFile
 from trainer.verify import ADAPTER, WEIGHT_RTOL, VerifyReport, few
 
-def _module_paths(pipe) -> dict[str, tuple[str, str]]:
-    """kohya name -> (component, module path) for every Linear / Conv2d of the pipeline."""
+
+def _module_paths(owner, family=None) -> dict[str, tuple[str, str]]:
+    """kohya name -> (component, module path) for every Linear / Conv2d of a base model or
+    pipeline (`owner`), in its family's naming (default SD 1.x)."""
     from torch import nn
 
-    from trainer.network import kohya_name
+    from trainer.families import get_family
+    from trainer.network import kohya_name, unet_kohya_names
 
+    family = family or get_family("sd1")
     found = {}
-    for component, prefix in (("unet", "lora_unet"), ("text_encoder", "lora_te")):
-        for path, module in getattr(pipe, component).named_modules():
+    unet_paths = [path for path, module in owner.unet.named_modules()
+                  if isinstance(module, (nn.Linear, nn.Conv2d))]
+    for path, name in unet_kohya_names(family, owner.unet.config, unet_paths).items():
+        found[name] = ("unet", path)
+    for spec in family.text_encoders:
+        encoder = getattr(owner, spec.component, None)
+        if encoder is None:
+            continue
+        for path, module in encoder.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                found[kohya_name(prefix, path)] = (component, path)
+                found[kohya_name(spec.kohya_prefix, path)] = (spec.component, path)
     return found
+
+
+def _named(owner, family) -> dict[str, dict]:
+    parts = {"unet": dict(owner.unet.named_modules())}
+    for spec in family.text_encoders:
+        parts[spec.component] = dict(getattr(owner, spec.component).named_modules())
+    return parts
 
 
 def check_base(lora: LoraFile, modules: dict[str, dict[str, str]], base,
@@ -49,9 +68,8 @@ def _check_shapes(lora: LoraFile, modules: dict[str, dict[str, str]], owner,
                   report: VerifyReport) -> None:
     from torch import nn
 
-    paths = _module_paths(owner)
-    named = {"unet": dict(owner.unet.named_modules()),
-             "text_encoder": dict(owner.text_encoder.named_modules())}
+    paths = _module_paths(owner, owner.spec)
+    named = _named(owner, owner.spec)
     problems = []
     for name, parts in sorted(modules.items()):
         if name not in paths:
@@ -84,14 +102,15 @@ def _build_pipeline(base_model_path: Path, base):
     """diffusers' own pipeline of the base: `from_pretrained` for a folder, the components our
     loader built for a single file (diffusers would need the hub for its configs)."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
+    from trainer.pipelines import build_pipeline, pipeline_class, pipeline_extras
+
+    family = base.spec
+    cls = pipeline_class(family)
     if Path(base_model_path).is_dir():
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                base_model_path, safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False, dtype=torch.float32)
-            return pipe, "StableDiffusionPipeline.from_pretrained"
+            pipe = cls.from_pretrained(base_model_path, dtype=torch.float32, **pipeline_extras(family))
+            return pipe, f"{cls.__name__}.from_pretrained"
         except Exception as error:  # a folder diffusers cannot read alone: use our loader
             note = f"from_pretrained failed ({type(error).__name__}); LoRA Studio's loader"
     else:
@@ -100,22 +119,26 @@ def _build_pipeline(base_model_path: Path, base):
         from trainer.models import load_base_model
 
         base = load_base_model(Path(base_model_path))
-    pipe = StableDiffusionPipeline(
-        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
-        scheduler=base.noise_scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    return pipe, note
+    return build_pipeline(base), f"{cls.__name__} from {note}"
 
 
 def _unet_output(unet):
+    """A fixed-seed U-Net output (with SDXL's pooled embedding and size ids when it has them)."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
     size = 8
     sample = torch.randn(1, unet.config.in_channels, size, size, generator=generator)
     context = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator)
+    extra = {}
+    if unet.config.addition_embed_type == "text_time":
+        pooled = (unet.config.projection_class_embeddings_input_dim
+                  - 6 * unet.config.addition_time_embed_dim)
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(1, pooled, generator=generator),
+            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])}
     with torch.no_grad():
-        return unet(sample, torch.tensor([500]), context).sample
+        return unet(sample, torch.tensor([500]), context, **extra).sample
 
 
 def _text_output(text_encoder, tokenizer):
@@ -125,7 +148,7 @@ def _text_output(text_encoder, tokenizer):
                     max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     with torch.no_grad():
-        return text_encoder(ids)[0]
+        return text_encoder(ids, output_hidden_states=True).hidden_states[-1]
 
 
 def _max_diff(a, b) -> float:
@@ -152,17 +175,23 @@ def check_diffusers(lora: LoraFile, modules: dict[str, dict[str, str]], base_mod
     import torch
     from peft.tuners.lora import LoraLayer
 
+    family = base.spec
     pipe, how = _build_pipeline(base_model_path, base)
-    paths = _module_paths(pipe)
-    named = {"unet": dict(pipe.unet.named_modules()),
-             "text_encoder": dict(pipe.text_encoder.named_modules())}
+    paths = _module_paths(pipe, family)
+    named = _named(pipe, family)
     targets = {name: paths[name] for name in modules if name in paths}
     with torch.no_grad():
         originals = {name: named[c][p].weight.detach().clone() for name, (c, p) in targets.items()}
     has_unet = any(c == "unet" for c, _ in targets.values())
-    has_text = any(c == "text_encoder" for c, _ in targets.values())
+    encoders = [s for s in family.text_encoders if any(c == s.component for c, _ in targets.values())]
+    labels = {s.component: "text-encoder" if len(family.text_encoders) == 1
+              else f"text-encoder {i + 1}" for i, s in enumerate(family.text_encoders)}
+
+    def text_output(spec):
+        return _text_output(getattr(pipe, spec.component), getattr(pipe, spec.tokenizer_component))
+
     unet_before = _unet_output(pipe.unet) if has_unet else None
-    text_before = _text_output(pipe.text_encoder, pipe.tokenizer) if has_text else None
+    text_before = {s.component: text_output(s) for s in encoders}
 
     try:
         pipe.load_lora_weights(str(lora.path), adapter_name=ADAPTER)
@@ -171,24 +200,23 @@ def check_diffusers(lora: LoraFile, modules: dict[str, dict[str, str]], base_mod
                    f"{how}.load_lora_weights raised {type(error).__name__}: "
                    f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}")
         return
-    named = {"unet": dict(pipe.unet.named_modules()),
-             "text_encoder": dict(pipe.text_encoder.named_modules())}
+    named = _named(pipe, family)
     layers = {name: named[c].get(p) for name, (c, p) in targets.items()}
     not_loaded = sorted(n for n, layer in layers.items()
                         if not (isinstance(layer, LoraLayer) and ADAPTER in layer.lora_A))
     counts = {c: sum(1 for n, (cc, _) in targets.items() if cc == c and n not in not_loaded)
-              for c in ("unet", "text_encoder")}
+              for c in ("unet", *(s.component for s in family.text_encoders))}
     text_note = ""
-    if not_loaded and all(targets[n][0] == "text_encoder" for n in not_loaded):
+    if not_loaded and all(targets[n][0] != "unet" for n in not_loaded):
         import transformers
 
-        text_note = (f" (diffusers did not apply the lora_te_text_model_* keys to this "
-                     f"transformers {transformers.__version__} CLIPTextModel, whose modules are "
-                     f"{'text_model.' if hasattr(pipe.text_encoder, 'text_model') else ''}"
-                     "encoder.layers.*)")
+        text_note = (f" (diffusers did not apply the text-encoder keys to this transformers "
+                     f"{transformers.__version__} text encoder)")
+    text_counts = " and ".join(f"{counts[s.component]} {labels[s.component]}"
+                               for s in family.text_encoders)
     report.add("diffusers loads every module", not not_loaded and bool(targets),
                f"{how}: load_lora_weights put adapters on {counts['unet']} U-Net and "
-               f"{counts['text_encoder']} text-encoder modules" if not not_loaded else
+               f"{text_counts} modules" if not not_loaded else
                f"{len(not_loaded)} of {len(targets)} modules were not loaded by diffusers: "
                f"{few(not_loaded)}{text_note}")
 
@@ -196,14 +224,14 @@ def check_diffusers(lora: LoraFile, modules: dict[str, dict[str, str]], base_mod
     if has_unet:
         _check_strengths(report, pipe, "U-Net", " (fixed seed)", unet_before,
                          lambda: _unet_output(pipe.unet))
-    if has_text:
-        _check_strengths(report, pipe, "text-encoder", "", text_before,
-                         lambda: _text_output(pipe.text_encoder, pipe.tokenizer))
+    for spec in encoders:
+        _check_strengths(report, pipe, labels[spec.component], "", text_before[spec.component],
+                         lambda spec=spec: text_output(spec))
     pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
 
     if not loaded:
         return
-    components = [c for c in ("unet", "text_encoder") if counts[c]]
+    components = [c for c in counts if counts[c]]
     pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=[ADAPTER])
     worst_name, worst, failures = "", 0.0, []
     for name in loaded:

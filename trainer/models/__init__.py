@@ -1,4 +1,4 @@
-"""Base models: detect, load (offline) and build tiny test models.
+"""Base models: detect, load (offline) and build tiny test models, for every family.
 
 Importing this package is cheap: torch, diffusers and transformers are imported only when
 ``load_base_model`` or ``make_tiny_model`` is first used.
@@ -6,33 +6,26 @@ Importing this package is cheap: torch, diffusers and transformers are imported 
     BaseModel, ModelError
     detect_architecture(path) -> "sd1" | "sd2" | "sd2_v" | "sdxl"
     load_base_model(path, *, dtype=torch.float32, device="cpu") -> BaseModel
-    make_tiny_model(out_dir, *, single_file=None, seed=0) -> None
+    make_tiny_model(out_dir, *, single_file=None, seed=0, family="sd1") -> None
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from trainer.families.errors import ModelError
+
 from .base_model import BaseModel
 from .detect import FAMILY_NAMES, detect_architecture
-from .errors import ModelError
 
 if TYPE_CHECKING:
-    from .key_map import KeyTable, build_key_table
     from .loading import load_base_model
     from .tiny import make_tiny_model
 
-__all__ = [
-    "BaseModel", "ModelError", "FAMILY_NAMES", "detect_architecture", "load_base_model",
-    "make_tiny_model", "KeyTable", "build_key_table",
-]
+__all__ = ["BaseModel", "ModelError", "FAMILY_NAMES", "detect_architecture", "load_base_model",
+           "make_tiny_model"]
 
-_LAZY = {
-    "load_base_model": "loading",
-    "make_tiny_model": "tiny",
-    "KeyTable": "key_map",
-    "build_key_table": "key_map",
-}
+_LAZY = {"load_base_model": "loading", "make_tiny_model": "tiny"}
 
 
 def __getattr__(name: str):

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainer.families import Family, get_family
+
 if TYPE_CHECKING:  # the heavy libraries are imported only by the loader
     from diffusers.models import AutoencoderKL, UNet2DConditionModel
     from diffusers.schedulers import DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
@@ -26,6 +28,9 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
 class BaseModel:
     """The frozen base model a LoRA is trained on.
 
+    ``family`` is the family name ("sd1", "sd2", "sdxl"; `spec` is its Family) and
+    ``prediction_type`` what the file says ("epsilon" or "v_prediction"). SDXL has a second
+    text encoder and tokenizer (diffusers' names); the others leave them None.
     ``source_sha256`` is the sha256 of the single checkpoint file (``None`` for a diffusers
     folder); it is computed on first access (streamed) because hashing a 2-7 GB file takes
     seconds and only the exported metadata needs it.
@@ -39,6 +44,8 @@ class BaseModel:
     family: str
     prediction_type: str
     source: Path
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
     _sha256: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -46,6 +53,19 @@ class BaseModel:
         if self._sha256 is None and Path(self.source).is_file():
             self._sha256 = sha256_file(Path(self.source))
         return self._sha256
+
+    @property
+    def spec(self) -> Family:
+        return get_family(self.family)
+
+    @property
+    def text_encoders(self) -> dict[str, object]:
+        """{component: text encoder} in the family's order ("text_encoder", "text_encoder_2")."""
+        return {s.component: getattr(self, s.component) for s in self.spec.text_encoders}
+
+    @property
+    def tokenizers(self) -> dict[str, object]:
+        return {s.component: getattr(self, s.tokenizer_component) for s in self.spec.text_encoders}
 
     @property
     def is_single_file(self) -> bool:
@@ -58,5 +78,5 @@ class BaseModel:
 
     @property
     def vae_scaling_factor(self) -> float:
-        """Multiply VAE latents by this before the U-Net (0.18215 for SD 1.x)."""
+        """Multiply VAE latents by this before the U-Net (0.18215 SD 1/2, 0.13025 SDXL)."""
         return float(self.vae.config.scaling_factor)

@@ -7,8 +7,8 @@ import pickle
 import zipfile
 from pathlib import Path
 
-from .errors import ModelError, name_of
-from .safetensors_header import looks_like_safetensors, read_header
+from trainer.families.errors import ModelError, name_of
+from trainer.families.safetensors_header import looks_like_safetensors, read_header
 
 
 class TensorSource:

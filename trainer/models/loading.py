@@ -1,9 +1,14 @@
-"""load_base_model: a diffusers folder or one SD 1.x checkpoint file -> BaseModel, offline.
+"""load_base_model: a diffusers folder or one checkpoint file of any family -> BaseModel, offline.
 
-Both paths build the three networks empty (parameters on the meta device, no random init),
-then fill every parameter from the file through an explicit key list and refuse the model if
-a single file key is left over or a single parameter is left unfilled. Nothing is fetched
-from a model hub.
+Both paths build the networks empty (parameters on the meta device, no random init), then fill
+every parameter from the file through an explicit key list and refuse the model if a single file
+key is left over or a single parameter is left unfilled (a random-initialised layer would train
+and export silently wrong). The family (trainer.families) says which text encoders there are and
+where their tensors sit. Nothing is fetched from a model hub.
+
+Why not diffusers' ``from_single_file``: its converters drop keys they do not know without a
+word and cannot write the single-file layout back (the tiny test models need both directions);
+the key table does both, and tests/test_families.py checks it against ``from_single_file``.
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from . import defaults  # noqa: E402
+from trainer.families import Family, TextEncoderSpec, get_family  # noqa: E402
+from trainer.families.checkpoint_keys import KeyTable, build_key_table, ignorable_keys  # noqa: E402
+from trainer.families.detect import classify_folder, classify_keys, read_json  # noqa: E402
+from trainer.families.errors import ModelError, few, name_of  # noqa: E402
+from trainer.families.family import CLIP_TOKENIZER_DIR  # noqa: E402
+
 from .base_model import BaseModel  # noqa: E402
 from .checkpoint_io import TensorSource, open_checkpoint, open_component_weights  # noqa: E402
-from .detect import FAMILY_NAMES, classify_folder, classify_keys, read_json  # noqa: E402
-from .errors import ModelError, few, name_of  # noqa: E402
-from .key_map import KeyTable, build_key_table  # noqa: E402
 from .ldm_config import (  # noqa: E402
-    infer_scheduler_config, infer_text_config, infer_unet_config, infer_vae_config, is_ignorable,
-    normalize_ldm_keys,
+    infer_scheduler_config, infer_text_config, infer_unet_config, infer_vae_config, normalize_ldm_keys,
 )
 
 
@@ -52,12 +58,14 @@ def build_vae(config: dict, empty: bool = True):
     return _empty(make) if empty else make()
 
 
-def build_text_encoder(config: dict, empty: bool = True):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def build_text_encoder(config: dict, empty: bool = True, with_projection: bool = False):
+    """CLIPTextModel, or CLIPTextModelWithProjection (SDXL's second encoder)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     drop = ("architectures", "transformers_version", "torch_dtype", "dtype")
     cfg = CLIPTextConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_") and k not in drop})
-    make = lambda: CLIPTextModel(cfg)  # noqa: E731
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    make = lambda: cls(cfg)  # noqa: E731
     return _empty(make) if empty else make()
 
 
@@ -70,7 +78,8 @@ def text_key_prefix(text_encoder) -> str:
     raise RuntimeError("CLIPTextModel without embeddings.token_embedding: unsupported transformers version")
 
 
-def fill(module, tensors: dict, *, dtype: torch.dtype, where: Path, part: str, label: str | None = None) -> None:
+def fill(module, tensors: dict, *, dtype: torch.dtype, where: Path, part: str, label: str | None = None,
+         family: str = "SD 1.x") -> None:
     """Assign exactly the module's state_dict keys; shape-checked; nothing left on meta.
 
     ``label`` is how ``where`` is named in messages (default: its file name)."""
@@ -79,13 +88,13 @@ def fill(module, tensors: dict, *, dtype: torch.dtype, where: Path, part: str, l
     missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or extra:
         bits = ([f"missing {few(missing)}"] if missing else []) + ([f"unexpected {few(extra)}"] if extra else [])
-        raise ModelError(f"{nm}: the {part} weights do not match an SD 1.x {part} "
-                         f"({'; '.join(bits)}); pick a complete SD 1.x model", where)
+        raise ModelError(f"{nm}: the {part} weights do not match an {family} {part} "
+                         f"({'; '.join(bits)}); pick a complete {family} model", where)
     out = {}
     for key, t in tensors.items():
         if tuple(t.shape) != tuple(expected[key].shape):
             raise ModelError(f"{nm}: {part} weight {key} has shape {tuple(t.shape)}, expected "
-                             f"{tuple(expected[key].shape)}; the file is damaged or not SD 1.x", where)
+                             f"{tuple(expected[key].shape)}; the file is damaged or not {family}", where)
         # Always a fresh copy: tensors memory-mapped from a file sit at arbitrary alignments, and
         # CPU kernels pick different code paths (different rounding) for unaligned weights; a
         # copy is 64-byte aligned, so the same weights give bit-identical outputs from any file.
@@ -94,7 +103,7 @@ def fill(module, tensors: dict, *, dtype: torch.dtype, where: Path, part: str, l
     left = [n for n, p in list(module.named_parameters()) + list(module.named_buffers()) if p.is_meta]
     if left:
         raise ModelError(f"{nm}: {part} weights {few(left)} were not filled; "
-                         "pick a complete SD 1.x model", where)
+                         f"pick a complete {family} model", where)
 
 
 def _finish(module, device):
@@ -104,12 +113,15 @@ def _finish(module, device):
     return module
 
 
-def _load_tokenizer(folder: Path | None):
+def _load_tokenizer(folder: Path | None, spec: TextEncoderSpec):
+    """The model folder's own tokenizer, else the bundled CLIP BPE (OpenCLIP pads with "!")."""
     from transformers import CLIPTokenizer
 
-    src = folder if folder is not None and folder.is_dir() and any(folder.iterdir()) else defaults.CLIP_TOKENIZER_DIR
+    own = folder is not None and folder.is_dir() and any(folder.iterdir())
+    src = folder if own else CLIP_TOKENIZER_DIR
+    extra = {} if own or spec.pad_token is None else {"pad_token": spec.pad_token}
     try:
-        return CLIPTokenizer.from_pretrained(str(src), local_files_only=True)
+        return CLIPTokenizer.from_pretrained(str(src), local_files_only=True, **extra)
     except Exception as e:  # noqa: BLE001 - tokenizer loading raises many kinds of errors
         raise ModelError(f"{name_of(src)}: the CLIP tokenizer cannot be loaded ({e}); "
                          "download the model again", src) from e
@@ -118,59 +130,63 @@ def _load_tokenizer(folder: Path | None):
 def _scheduler(config: dict):
     from diffusers.schedulers import DDPMScheduler
 
-    return DDPMScheduler.from_config(defaults.strip_private(config))
+    return DDPMScheduler.from_config({k: v for k, v in config.items() if not k.startswith("_")})
 
 
-def _refuse_family(family: str, path: Path) -> None:
-    if family != "sd1":
-        kind = "folder " if path.is_dir() else ""
-        raise ModelError(f"{kind}{name_of(path)} is an {FAMILY_NAMES[family]} model; LoRA Studio supports "
-                         "SD 1.x models for now: pick an SD 1.x model", path)
-
-
-def _refuse_inpainting(unet_in_channels: int, path: Path) -> None:
-    if unet_in_channels != 4:
-        raise ModelError(f"{name_of(path)} is an inpainting or instruct model ({unet_in_channels} U-Net "
-                         "input channels); pick a regular SD 1.x model", path)
+def _model(family: Family, unet, vae, encoders: dict, tokenizers: dict, sched_cfg: dict,
+           source: Path, device) -> BaseModel:
+    parts = {c: _finish(m, device) for c, m in encoders.items()}
+    parts.update({s.tokenizer_component: tokenizers[s.component] for s in family.text_encoders})
+    return BaseModel(unet=_finish(unet, device), vae=_finish(vae, device),
+                     noise_scheduler=_scheduler(sched_cfg), family=family.name,
+                     prediction_type=sched_cfg.get("prediction_type", "epsilon"), source=source,
+                     **parts)
 
 
 # -- single file -------------------------------------------------------------------------------
 
 def _load_single_file(path: Path, dtype: torch.dtype, device) -> BaseModel:
     source: TensorSource = open_checkpoint(path)
-    family = classify_keys(source.shapes, path, source.metadata)
-    _refuse_family(family, path)
+    architecture = classify_keys(source.shapes, path, source.metadata)
+    family = get_family(architecture)
     source = source.rename(normalize_ldm_keys(source.shapes))
     shapes = source.shapes
-    unet_cfg = infer_unet_config(shapes, path)
-    _refuse_inpainting(unet_cfg["in_channels"], path)
-    vae_cfg, text_cfg = infer_vae_config(shapes, path), infer_text_config(shapes, path)
+    unet_cfg, vae_cfg = infer_unet_config(shapes, path, family), infer_vae_config(shapes, path, family)
+    text_cfgs = {s.component: infer_text_config(shapes, path, family, s) for s in family.text_encoders}
 
-    unet, vae, te = build_unet(unet_cfg), build_vae(vae_cfg), build_text_encoder(text_cfg)
-    table = build_key_table(unet_cfg, vae_cfg, text_cfg, text_key_prefix(te))
-    unexpected = [k for k in shapes if k not in table.by_ldm and not is_ignorable(k)]
+    unet, vae = build_unet(unet_cfg), build_vae(vae_cfg)
+    encoders = {s.component: build_text_encoder(text_cfgs[s.component], with_projection=s.with_projection)
+                for s in family.text_encoders}
+    table = build_key_table(family, unet_cfg, vae_cfg, text_cfgs,
+                            {c: text_key_prefix(m) for c, m in encoders.items()})
+    skip = ignorable_keys(family, shapes, {c: cfg["num_hidden_layers"] for c, cfg in text_cfgs.items()})
+    unexpected = [k for k in shapes if k not in table.by_ldm and k not in skip]
     if unexpected:
-        raise ModelError(f"{name_of(path)} has weights an SD 1.x model does not have ({few(unexpected)}); "
-                         "it may be a merge with extra networks: pick a plain SD 1.x checkpoint", path)
-    for comp, module in (("unet", unet), ("vae", vae), ("text_encoder", te)):
-        tensors = {}
-        missing = []
+        raise ModelError(f"{name_of(path)} has weights an {family.label} model does not have "
+                         f"({few(unexpected)}); it may be a merge with extra networks: pick a plain "
+                         f"{family.label} checkpoint", path)
+    for comp, module in (("unet", unet), ("vae", vae), *encoders.items()):
+        tensors, missing, cache = {}, [], {}
         for key in module.state_dict():
             pair = table.by_diffusers.get((comp, key))
             if pair is None or pair.ldm not in shapes:
                 missing.append(pair.ldm if pair else key)
                 continue
-            tensors[key] = KeyTable.tensor_to_diffusers(pair, source.get(pair.ldm))
+            if pair.ldm not in cache:  # a fused q/k/v tensor is read once for its three parts
+                cache = {pair.ldm: source.get(pair.ldm)}
+            tensors[key] = KeyTable.tensor_to_diffusers(pair, cache[pair.ldm])
         if missing:
             raise ModelError(f"{name_of(path)} is missing {len(missing)} weights ({few(missing)}); "
-                             "it is incomplete or not SD 1.x: pick a complete SD 1.x checkpoint", path)
-        fill(module, tensors, dtype=dtype, where=path, part=comp.replace("_", " "))
-    sched_cfg = infer_scheduler_config(shapes)
-    return BaseModel(
-        unet=_finish(unet, device), vae=_finish(vae, device), text_encoder=_finish(te, device),
-        tokenizer=_load_tokenizer(None), noise_scheduler=_scheduler(sched_cfg), family=family,
-        prediction_type=sched_cfg.get("prediction_type", "epsilon"), source=path,
-    )
+                             f"it is incomplete or not {family.label}: pick a complete {family.label} "
+                             "checkpoint", path)
+        fill(module, tensors, dtype=dtype, where=path, part=comp.replace("_", " "), family=family.label)
+    if family.vae_fp32 and dtype != torch.float32:
+        vae.to(torch.float32)
+    sched_cfg = infer_scheduler_config(shapes, family)
+    if architecture == "sd2_v":
+        sched_cfg["prediction_type"] = "v_prediction"
+    tokenizers = {s.component: _load_tokenizer(None, s) for s in family.text_encoders}
+    return _model(family, unet, vae, encoders, tokenizers, sched_cfg, path, device)
 
 
 # -- diffusers folder --------------------------------------------------------------------------
@@ -188,67 +204,80 @@ def _vae_legacy_names(keys) -> dict[str, str]:
     return out
 
 
+_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
 def _text_names(keys, prefix: str) -> dict[str, str]:
-    """Map a saved text encoder's keys (with or without 'text_model.') to the installed naming."""
+    """Map a saved text encoder's keys (with or without 'text_model.') to the installed naming;
+    keys outside the text model (text_projection.weight) keep their name."""
     out = {}
     for k in keys:
         bare = k[len("text_model."):] if k.startswith("text_model.") else k
-        out[k] = prefix + bare
+        if bare.startswith(_TEXT_MODEL_PARTS):
+            out[k] = prefix + bare
     return out
 
 
 def _read_component(folder: Path, sub: str, stem: str, module, rename, *, dtype, part: str,
-                    ignore=()) -> None:
+                    family: Family, ignore=()) -> None:
     source = open_component_weights(folder / sub, stem)
     source = source.rename(rename(source.shapes))
     tensors = {k: source.get(k) for k in source.shapes if k not in ignore}
     # the checkpoint may carry only what the module expects and some harmless extras
-    fill(module, tensors, dtype=dtype, where=folder / sub, part=part, label=f"{name_of(folder)}/{sub}")
+    fill(module, tensors, dtype=dtype, where=folder / sub, part=part, label=f"{name_of(folder)}/{sub}",
+         family=family.label)
 
 
-def _built(builder, config: dict, folder: Path, sub: str):
+def _built(builder, config: dict, folder: Path, sub: str, family: Family, **kwargs):
     try:
-        return builder(config)
+        return builder(config, **kwargs)
     except Exception as e:  # noqa: BLE001 - diffusers/transformers reject configs in many ways
         raise ModelError(f"{name_of(folder)}/{sub}/config.json describes a network LoRA Studio cannot "
-                         f"build ({str(e).splitlines()[0][:120]}); pick an SD 1.x model", folder) from e
+                         f"build ({str(e).splitlines()[0][:120]}); pick an {family.label} model", folder) from e
 
 
 def _load_folder(folder: Path, dtype: torch.dtype, device) -> BaseModel:
-    family = classify_folder(folder)
-    _refuse_family(family, folder)
-    for sub in ("vae", "text_encoder"):
+    architecture = classify_folder(folder)
+    family = get_family(architecture)
+    for sub in ("vae", *(s.component for s in family.text_encoders)):
         if not (folder / sub / "config.json").is_file():
             raise ModelError(f"folder {name_of(folder)} has no {sub}/config.json; pick a complete "
                              "diffusers model folder or one .safetensors file", folder)
-    unet_cfg = read_json(folder / "unet" / "config.json")
-    _refuse_inpainting(int(unet_cfg.get("in_channels", 4)), folder)
-    unet = _built(build_unet, unet_cfg, folder, "unet")
-    vae = _built(build_vae, read_json(folder / "vae" / "config.json"), folder, "vae")
-    te = _built(build_text_encoder, read_json(folder / "text_encoder" / "config.json"), folder, "text_encoder")
-    prefix = text_key_prefix(te)
-
-    _read_component(folder, "unet", "diffusion_pytorch_model", unet, lambda ks: {}, dtype=dtype, part="U-Net")
-    _read_component(folder, "vae", "diffusion_pytorch_model", vae, _vae_legacy_names, dtype=dtype, part="VAE")
-    harmless = {prefix + "embeddings.position_ids", "text_projection.weight"}
-    _read_component(folder, "text_encoder", "model", te, lambda ks: _text_names(ks, prefix), dtype=dtype,
-                    part="text encoder", ignore=harmless)
+    unet = _built(build_unet, read_json(folder / "unet" / "config.json"), folder, "unet", family)
+    vae = _built(build_vae, read_json(folder / "vae" / "config.json"), folder, "vae", family)
+    _read_component(folder, "unet", "diffusion_pytorch_model", unet, lambda ks: {}, dtype=dtype,
+                    part="U-Net", family=family)
+    _read_component(folder, "vae", "diffusion_pytorch_model", vae, _vae_legacy_names, dtype=dtype,
+                    part="VAE", family=family)
+    if family.vae_fp32 and dtype != torch.float32:
+        vae.to(torch.float32)
+    encoders, tokenizers = {}, {}
+    for spec in family.text_encoders:
+        comp = spec.component
+        te = _built(build_text_encoder, read_json(folder / comp / "config.json"), folder, comp, family,
+                    with_projection=spec.with_projection)
+        prefix = text_key_prefix(te)
+        harmless = {prefix + "embeddings.position_ids"} | (set() if spec.with_projection
+                                                            else {"text_projection.weight"})
+        _read_component(folder, comp, "model", te, lambda ks, p=prefix: _text_names(ks, p), dtype=dtype,
+                        part=comp.replace("_", " "), family=family, ignore=harmless)
+        encoders[comp] = te
+        tokenizers[comp] = _load_tokenizer(folder / spec.tokenizer_component, spec)
 
     sched_path = folder / "scheduler" / "scheduler_config.json"
-    sched_cfg = read_json(sched_path) if sched_path.is_file() else defaults.sd15_scheduler_config()
-    return BaseModel(
-        unet=_finish(unet, device), vae=_finish(vae, device), text_encoder=_finish(te, device),
-        tokenizer=_load_tokenizer(folder / "tokenizer"), noise_scheduler=_scheduler(sched_cfg), family=family,
-        prediction_type=sched_cfg.get("prediction_type", "epsilon"), source=folder,
-    )
+    sched_cfg = read_json(sched_path) if sched_path.is_file() else family.config("scheduler")
+    if architecture == "sd2_v":
+        sched_cfg["prediction_type"] = "v_prediction"
+    return _model(family, unet, vae, encoders, tokenizers, sched_cfg, folder, device)
 
 
 def load_base_model(path: Path, *, dtype: torch.dtype = torch.float32, device="cpu") -> BaseModel:
-    """Load an SD 1.x base model from a diffusers folder or one .safetensors / .ckpt file.
+    """Load an SD 1.x, SD 2.x or SDXL base model from a diffusers folder or one .safetensors /
+    .ckpt file.
 
     Every parameter is filled from the file (checked), all weights are frozen
-    (``requires_grad=False``) and the networks are in eval mode. Offline only. Raises
-    ModelError with a one-line message for anything it cannot load.
+    (``requires_grad=False``) and the networks are in eval mode; an SDXL VAE stays fp32. Offline
+    only. Raises ModelError with a one-line message for anything it cannot load.
     """
     path = Path(path).expanduser()
     if path.is_dir():
