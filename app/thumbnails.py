@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from PySide6.QtWidgets import (QApplication, QHBoxLayout, QLabel, QListView, QPl
 
 from app.binding import Binder
 from app.colours import ERROR, tone_colour
+from trainer.atomic import atomic_write_text
 
 SIZE = 96
 IMAGE_NAME = re.compile(r"\.(png|jpe?g|webp|bmp)\Z", re.IGNORECASE)
@@ -308,10 +308,7 @@ class ThumbnailGrid(QWidget):
         if not current.isValid():
             return None
         path = self.caption_path(Path(current.data(Qt.UserRole)))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(self.caption.toPlainText().strip() + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, self.caption.toPlainText().strip() + "\n")
         self.caption_file.setText(f"{path.name} saved")
         return path
 

@@ -24,6 +24,20 @@ def test_builtin_presets_load_and_match_kohya_habits() -> None:
         assert config.schedule.lr_warmup_steps > 0
 
 
+def test_family_presets_pick_what_a_kohya_user_would() -> None:
+    assert {"sdxl-style", "sdxl-character", "sd2-style"} <= set(list_presets())
+    for name in ("sdxl-style", "sdxl-character"):
+        config = build_config(load_config_data(preset_path(name)))
+        assert config.dataset.resolution == 1024 and config.dataset.max_bucket_reso >= 1024
+        assert 16 <= config.network.rank <= 32 and not config.network.train_text_encoder
+        assert (config.optimizer.type, config.optimizer.learning_rate) == ("AdamW", 1e-4)
+        assert config.precision.gradient_checkpointing
+        assert config.precision.cache_text_encoder_outputs and config.precision.cache_latents
+    assert not build_config(load_config_data(preset_path("sdxl-character"))).dataset.flip_aug
+    sd2 = build_config(load_config_data(preset_path("sd2-style")))
+    assert sd2.dataset.resolution == 768 and sd2.model.prediction_type == "auto"
+
+
 def test_preset_files_hold_only_changes_with_schema_version() -> None:
     for name in list_presets():
         data = tomllib.loads(preset_path(name).read_text())

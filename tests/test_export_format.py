@@ -1,4 +1,4 @@
-"""The exported file against shared/lora-format.md: golden SD 1.5 names (built on the meta
+"""The exported file against docs/lora-format.md: golden SD 1.5 names (built on the meta
 device), the round trip through diffusers in fp16 and fp32, hashes, atomic writes, cover image
 and the privacy switch."""
 

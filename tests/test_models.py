@@ -20,7 +20,7 @@ from trainer.models import ModelError, detect_architecture, load_base_model, mak
 from trainer.families import get_family
 from trainer.families.checkpoint_keys import TEXT_PREFIX, build_key_table
 from trainer.families.family import CLIP_TOKENIZER_DIR
-from trainer.models.ldm_config import infer_text_config, infer_unet_config, infer_vae_config
+from trainer.families.config_inference import infer_text_config, infer_unet_config, infer_vae_config
 from trainer.models.loading import build_text_encoder, build_unet, build_vae, text_key_prefix
 
 COMPONENTS = ("unet", "vae", "text_encoder")

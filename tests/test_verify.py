@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from trainer.cli import main as cli
 from trainer.config import NetworkConfig
-from trainer.export import base_model_metadata, write_lora_file
+from trainer.export import write_lora_file
+from trainer.metadata import base_model_metadata
 from trainer.lora_reader import LoraFileError, read_lora_file
 from trainer.models import load_base_model
 from trainer.network import apply_lora

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.atomic import atomic_write
 from trainer.conditioning import Conditioning, size_ids
 from trainer.data import image_to_tensor, load_image
 
@@ -135,11 +136,9 @@ class LatentCache:
     def _to_disk(self, path: Path, bucket: tuple[int, int], flip: bool,
                  latent: torch.Tensor) -> None:
         file = self._disk_path(path, bucket, flip)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"latent": latent.contiguous(),
-                   "size_ids": self._size_ids[(path, bucket, flip)].contiguous()}, tmp)
-        os.replace(tmp, file)
+        tensors = {"latent": latent.contiguous(),
+                   "size_ids": self._size_ids[(path, bucket, flip)].contiguous()}
+        atomic_write(file, lambda tmp: save_file(tensors, tmp))
 
 
 class TextEmbeddingCache:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
+from trainer.atomic import atomic_write_text
 from trainer.config import SCHEMA_VERSION, TrainConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -180,21 +180,6 @@ def config_to_toml(config: TrainConfig, *, only_changes: bool = False) -> str:
     ordered = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in dump.items()
                                                     if k != "schema_version"}}
     return tomli_w.dumps(_plain(ordered))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + fsync + rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(config: TrainConfig, path: Path, *, only_changes: bool = False) -> None:

@@ -8,11 +8,12 @@ as files beside it and referenced by name, so a past run can be read back. No to
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
+
+from trainer.atomic import atomic_write_bytes
 
 EVENTS_FILE = "events.jsonl"
 SAMPLES_DIR = "samples"
@@ -139,9 +140,7 @@ class EventLog:
         folder.mkdir(exist_ok=True)
         index = len(list(folder.glob(f"step{event.step:06d}_*.png")))
         name = f"step{event.step:06d}_{index:02d}_m{event.scale:g}.png"
-        tmp = folder / f".{name}.tmp"
-        tmp.write_bytes(event.png_bytes or b"")
-        os.replace(tmp, folder / name)
+        atomic_write_bytes(folder / name, event.png_bytes or b"")
         return f"{SAMPLES_DIR}/{name}"
 
     def close(self) -> None:

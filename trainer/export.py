@@ -13,24 +13,16 @@ import errno
 import glob
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save, save_file
 
-from trainer.families import FAMILIES, get_family
+from trainer.atomic import atomic_write
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 THUMBNAIL_SIDE = 256
-
-
-def base_versions() -> dict[str, tuple[str, bool]]:
-    """ss_base_model_version -> (modelspec.architecture, ss_v2) over every family."""
-    return {version: (architecture, family.ss_v2) for family in FAMILIES.values()
-            for version, architecture, _ in family.versions.values()}
 
 
 class ExportError(ValueError):
@@ -47,19 +39,6 @@ def tensor_data_hashes(tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
     return model_hash, legacy_hash
 
 
-def base_model_metadata(family: str, prediction_type: str) -> dict[str, str]:
-    """The keys A1111 groups LoRAs by (ss_base_model_version, ss_v2) and modelspec's
-    architecture, implementation, default resolution and prediction type, for a family or
-    detection name ("sd1", "sd2", "sd2_v", "sdxl")."""
-    try:
-        spec = get_family(family)
-    except KeyError:
-        raise ExportError(f"cannot export a LoRA for base family {family!r}") from None
-    if family == "sd2_v":
-        prediction_type = "v_prediction"
-    return spec.base_metadata(prediction_type)
-
-
 def write_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                     save_precision: str = "fp16") -> Path:
     """Cast, hash and write atomically (temp file + fsync + rename): an existing file at `path`
@@ -72,27 +51,16 @@ def write_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # from a killed export
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        save_file(final, tmp, metadata=header)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC,
-                                                          getattr(errno, "EDQUOT", errno.ENOSPC)):
+        atomic_write(path, lambda tmp: save_file(final, tmp, metadata=header))
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
             kept = "the earlier file there is kept" if path.exists() else "nothing was written"
             raise OSError(error.errno, f"the disk is full: {path.name} could not be written in "
                           f"{path.parent} ({kept}). Free some space and export again",
                           str(path)) from error
         raise
     return path
-
-
-def json_text(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def cover_thumbnail(image: Path, max_side: int = THUMBNAIL_SIDE) -> str:
@@ -149,6 +117,7 @@ def _checkpoint_config(folder: Path) -> dict:
 
 def _fallback_metadata(tensors: dict[str, torch.Tensor], config: dict) -> dict[str, str]:
     """Minimal kohya metadata for a checkpoint saved without metadata.json."""
+    from trainer.metadata import base_model_metadata
     from trainer.models import ModelError, detect_architecture
 
     ranks = {int(t.shape[0]) for k, t in tensors.items() if k.endswith(".lora_down.weight")}

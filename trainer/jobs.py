@@ -17,27 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from trainer.config import TrainConfig
 from trainer.events import EventLog, Failed, Finished, Heartbeat, Event
+from trainer.job_spec import JobSpec
+
+__all__ = ["Job", "JobQueue", "JobSpec"]
 
 COMMANDS = ("stop", "pause", "resume", "sample_now", "save_now")
 HEARTBEAT_TIMEOUT_S = 30.0  # generous: a long cache fill or model load still beats every 0.5 s
-
-
-@dataclass
-class JobSpec:
-    """What to run: a config (as plain data, so it pickles anywhere) and where."""
-
-    config: dict
-    run_dir: str
-    resume: str | None = None
-    force: bool = False
-
-    @classmethod
-    def from_config(cls, config: TrainConfig, run_dir: Path, resume: Path | None = None,
-                    force: bool = False) -> JobSpec:
-        return cls(config.model_dump(mode="json"), str(run_dir),
-                   str(resume) if resume else None, force)
 
 
 @dataclass

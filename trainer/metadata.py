@@ -14,7 +14,30 @@ from datetime import datetime, timezone
 
 from trainer.config import TrainConfig
 from trainer.data import DatasetReport, bucket_info, dataset_dirs, tag_frequency
-from trainer.export import base_model_metadata, json_text
+from trainer.families import FAMILIES, get_family
+
+
+def json_text(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def base_versions() -> dict[str, tuple[str, bool]]:
+    """ss_base_model_version -> (modelspec.architecture, ss_v2) over every family."""
+    return {version: (architecture, family.ss_v2) for family in FAMILIES.values()
+            for version, architecture, _ in family.versions.values()}
+
+
+def base_model_metadata(family: str, prediction_type: str) -> dict[str, str]:
+    """The keys A1111 groups LoRAs by (ss_base_model_version, ss_v2) and modelspec's
+    architecture, implementation, default resolution and prediction type, for a family or
+    detection name ("sd1", "sd2", "sd2_v", "sdxl")."""
+    try:
+        spec = get_family(family)
+    except KeyError as error:
+        raise ValueError(f"cannot export a LoRA for base family {family!r}") from error
+    if family == "sd2_v":
+        prediction_type = "v_prediction"
+    return spec.base_metadata(prediction_type)
 
 
 def _iso(timestamp: float) -> str:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.lora_reader import DTYPE_NAMES, LoraFile, read_lora_file
+from trainer.verify_report import VerifyReport, few
 
-ADAPTER = "lora_studio_verify"
 _INDEX = r"\d+"
 _TRANSFORMER_TAIL = (rf"_(?:proj_in|proj_out|transformer_blocks_{_INDEX}_(?:attn[12]_(?:to_q|to_k|to_v|to_out_0)"
                      rf"|ff_net_0_proj|ff_net_2))")
@@ -47,63 +46,8 @@ REQUIRED_METADATA = ("ss_network_module", "ss_network_dim", "ss_network_alpha", 
                      "ss_base_model_version", "modelspec.sai_model_spec",
                      "modelspec.architecture", "sshs_model_hash", "sshs_legacy_hash")
 JSON_METADATA = ("ss_network_args", "ss_tag_frequency", "ss_dataset_dirs", "ss_bucket_info")
-# |fused - expected| allowed, relative to the weight's magnitude: the pipeline computes in fp32
-# from the file's own (fp16/bf16/fp32) tensors, so the file dtype cancels out here.
-WEIGHT_RTOL = 1e-5
 # alpha tensors are stored in the file dtype; ss_network_alpha is the exact decimal.
 ALPHA_RTOL = {"F16": 1e-3, "BF16": 8e-3, "F32": 1e-6, "F64": 1e-12}
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass
-class VerifyReport:
-    path: Path
-    base_model: Path | None
-    checks: list[Check] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and all(check.ok for check in self.checks)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [check for check in self.checks if not check.ok]
-
-    def add(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append(Check(name, bool(ok), detail))
-        return bool(ok)
-
-    def format(self) -> str:
-        lines = [f"verify {self.path.name}"
-                 + (f" against {self.base_model}" if self.base_model else " (no base model)")]
-        for check in self.checks:
-            lines.append(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
-        for reason in self.skipped:
-            lines.append(f"  skip  {reason}")
-        failed = len(self.failures)
-        lines.append(f"{'PASSED' if self.ok else 'FAILED'}: {len(self.checks) - failed} of "
-                     f"{len(self.checks)} checks pass" + (f", {failed} fail" if failed else ""))
-        return "\n".join(lines)
-
-    def summary(self) -> str:
-        """One line for a log or the GUI."""
-        if self.ok:
-            return f"verified: all {len(self.checks)} checks pass"
-        first = self.failures[0]
-        return (f"verification FAILED ({len(self.failures)} of {len(self.checks)} checks): "
-                f"{first.name}: {first.detail}")
-
-
-def few(items: list[str], n: int = 3) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _close(a: float, b: float, rtol: float) -> bool:
@@ -238,7 +182,7 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
     version, v2, arch = (meta.get("ss_base_model_version"), meta.get("ss_v2"),
                          meta.get("modelspec.architecture"))
     if version and v2 and arch:
-        from trainer.export import base_versions
+        from trainer.metadata import base_versions
 
         table = {v: (a, str(is_v2)) for v, (a, is_v2) in base_versions().items()}
         expected = table.get(version)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.lora_reader import LoraFile
-from trainer.verify import ADAPTER, WEIGHT_RTOL, VerifyReport, few
+from trainer.verify_report import ADAPTER, WEIGHT_RTOL, VerifyReport, few
 
 
 def _module_paths(owner, family=None) -> dict[str, tuple[str, str]]:
@@ -47,12 +47,12 @@ def _named(owner, family) -> dict[str, dict]:
 
 def check_base(lora: LoraFile, modules: dict[str, dict[str, str]], base,
                 report: VerifyReport) -> None:
-    from trainer.export import ExportError, base_model_metadata
+    from trainer.metadata import base_model_metadata
 
     meta = lora.metadata
     try:
         expected = base_model_metadata(base.family, base.prediction_type)
-    except ExportError as error:
+    except ValueError as error:
         report.add("base model version", False, str(error))
     else:
         wrong = [f"{key} = {meta.get(key)!r} (the base needs {expected[key]!r})"

@@ -22,7 +22,7 @@ from trainer.offline import forbid_network
 if TYPE_CHECKING:
     from multiprocessing import Queue
 
-    from trainer.jobs import JobSpec
+    from trainer.job_spec import JobSpec
     from trainer.loop import TrainControl
 
 HEARTBEAT_S = 0.5

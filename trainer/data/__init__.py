@@ -24,9 +24,9 @@ from trainer.data.images import (fit_to_bucket, image_to_array, image_to_tensor,
 from trainer.data.kohya_toml import load_kohya_dataset
 from trainer.data.report import (DatasetReport, ImageItem, SkippedFile, bucket_info,
                                  dataset_dirs, format_report, tag_frequency)
-from trainer.data.scan import scan_dataset, scan_subsets
+from trainer.data.scan import resolve_dataset, scan_dataset, scan_subsets
 from trainer.data.subsets import (IMAGE_EXTENSIONS, DatasetError, DatasetSettings, Subset,
-                                  folder_subsets, parse_repeat_folder, resolve_dataset)
+                                  folder_subsets, parse_repeat_folder)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "MAX_CAPTION_CHARS", "Bucket", "DatasetError", "DatasetReport",

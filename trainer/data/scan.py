@@ -22,7 +22,9 @@ from trainer.data.buckets import assign_bucket, make_buckets
 from trainer.data.captions import CaptionFile, read_caption
 from trainer.data.images import Probe, probe_image
 from trainer.data.report import DatasetReport, ImageItem, SkippedFile
-from trainer.data.subsets import IMAGE_EXTENSIONS, DatasetSettings, Subset, resolve_dataset
+from trainer.data.kohya_toml import load_kohya_dataset
+from trainer.data.subsets import (IMAGE_EXTENSIONS, DatasetSettings, ResolvedDataset, Subset,
+                                  folder_subsets)
 
 UNSUPPORTED_EXTENSIONS = frozenset({".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl",
                                     ".psd", ".svg", ".ico", ".jfif", ".jp2", ".tga", ".exr"})
@@ -224,6 +226,17 @@ def scan_subsets(subsets: Iterable[Subset], settings: DatasetSettings,
     skipped.sort(key=lambda entry: str(entry.path))
     return DatasetReport(subsets=subsets, settings=settings, buckets=buckets, items=items,
                          skipped=skipped, scan_seconds=time.perf_counter() - start)
+
+
+def resolve_dataset(config: TrainConfig) -> ResolvedDataset:
+    """The subsets and settings of a job: from the kohya TOML when one is set, else the folders."""
+    if config.dataset.kohya_config is not None:
+        resolved = load_kohya_dataset(config.dataset.kohya_config, config.dataset)
+        if config.dataset.folders:
+            resolved.notes.append((Path(config.dataset.kohya_config),
+                                   "dataset.folders ignored: the kohya dataset file lists the folders"))
+        return resolved
+    return folder_subsets(config.dataset)
 
 
 def scan_dataset(config: TrainConfig) -> DatasetReport:

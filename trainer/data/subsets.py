@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from trainer.config import DatasetConfig, TrainConfig
+from trainer.config import DatasetConfig
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -190,15 +190,3 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
         if len(subsets) == before:
             notes.append((path, "no images here and no kohya repeat folders like '10_name'"))
     return ResolvedDataset(unique_names(subsets), DatasetSettings.from_config(dataset), notes)
-
-
-def resolve_dataset(config: TrainConfig) -> ResolvedDataset:
-    """The subsets and settings of a job: from the kohya TOML when one is set, else the folders."""
-    if config.dataset.kohya_config is not None:
-        from trainer.data.kohya_toml import load_kohya_dataset
-        resolved = load_kohya_dataset(config.dataset.kohya_config, config.dataset)
-        if config.dataset.folders:
-            resolved.notes.append((Path(config.dataset.kohya_config),
-                                   "dataset.folders ignored: the kohya dataset file lists the folders"))
-        return resolved
-    return folder_subsets(config.dataset)

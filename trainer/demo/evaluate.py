@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from trainer.config_io import ConfigError, atomic_write_text, build_config, load_config_data
+from trainer.atomic import atomic_write_text
+from trainer.config_io import ConfigError, build_config, load_config_data
 from trainer.demo.render import render_captions, render_grid
 from trainer.demo.style_score import held_out_prompts, improvement, palette_distance
 from trainer.runs import summarize_run

@@ -2,7 +2,7 @@
 
 A `Family` is data plus a few small rules. The loader, the conditioning, the LoRA naming, the
 metadata, the preview and verify pipelines and the window all ask it instead of assuming SD 1.x,
-so a new family is one new module that builds one of these (docs/lora-format.md, "Families").
+so a new family is one new module that builds one of these (docs/engine.md, "Model families").
 """
 
 from __future__ import annotations

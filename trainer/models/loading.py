@@ -29,7 +29,7 @@ from trainer.families.family import CLIP_TOKENIZER_DIR  # noqa: E402
 
 from .base_model import BaseModel  # noqa: E402
 from .checkpoint_io import TensorSource, open_checkpoint, open_component_weights  # noqa: E402
-from .ldm_config import (  # noqa: E402
+from trainer.families.config_inference import (  # noqa: E402
     infer_scheduler_config, infer_text_config, infer_unet_config, infer_vae_config, normalize_ldm_keys,
 )
 

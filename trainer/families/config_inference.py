@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from trainer.families import Family, TextEncoderSpec
-from trainer.families.checkpoint_keys import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
-from trainer.families.errors import ModelError, name_of
+from .family import Family, TextEncoderSpec
+from .checkpoint_keys import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from .errors import ModelError, name_of
 
 CLIP_HEAD_WIDTH = 64  # text encoder heads = hidden_size // 64 in every CLIP that SD uses
 

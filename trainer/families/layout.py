@@ -1,0 +1,190 @@
+"""A base model described without torch: family, prediction type, native size, U-Net layout.
+
+The window shows this in its Base model section and builds its layer tree and live parameter
+count from it; the trainer counts the same modules (`NetworkConfig.selects` decides for both).
+A diffusers folder is described from its configs, a single .safetensors file from the shapes in
+its header (the same inference the loader uses), so a fine-tune's real layout is what is shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.config import NetworkConfig
+
+from . import get_family
+from .checkpoint_keys import unet_sgm_paths
+from .config_inference import infer_unet_config
+from .detect import classify_folder, classify_keys, read_json
+from .errors import ModelError
+from .safetensors_header import read_header
+
+PROJECTION_NAMES = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@dataclass
+class ModelDescription:
+    """What the window shows about a base model (``usable`` False: ``message`` says why)."""
+
+    family: str = ""                 # "sd1" | "sd2" | "sdxl" | ""
+    label: str = ""                  # "SD 1.x" | "SD 2.x (v-prediction)" | "SDXL" | ""
+    prediction_type: str = ""        # "epsilon" | "v_prediction" | "" (not known)
+    prediction_reason: str = ""      # why: "the file has a v_pred key", "assumed: ..."
+    native_resolution: int = 0
+    message: str = ""
+    usable: bool = False
+    unet_config: dict = field(default_factory=dict)
+
+
+def describe_model(path: Path | str | None) -> ModelDescription:
+    """Family, prediction type and U-Net layout of a diffusers folder or one checkpoint file;
+    never raises (an unusable model comes back with the reason in ``message``)."""
+    if path is None or str(path) == "":
+        return ModelDescription(message="Pick a base model: a diffusers folder or one "
+                                        ".safetensors file.")
+    path = Path(path).expanduser()
+    if not path.exists():
+        return ModelDescription(message=f"Not found: {path}")
+    try:
+        if path.is_dir():
+            architecture = classify_folder(path)
+            unet = {k: v for k, v in read_json(path / "unet" / "config.json").items()
+                    if not k.startswith("_")}
+            sched_path = path / "scheduler" / "scheduler_config.json"
+            scheduler = read_json(sched_path) if sched_path.is_file() else {}
+            v = scheduler.get("prediction_type") == "v_prediction"
+            reason = ("the folder's scheduler says v_prediction" if v else
+                      "the folder's scheduler says epsilon" if scheduler else
+                      "assumed: the folder has no scheduler config")
+            what = "diffusers folder"
+            weights = any((path / "unet").glob("diffusion_pytorch_model*"))
+        elif path.suffix.lower() == ".ckpt":
+            return ModelDescription(usable=True, message="A .ckpt file: its family is checked when "
+                                                         "training starts.")
+        else:
+            header = read_header(path)
+            shapes = header.shapes()
+            architecture = classify_keys(shapes, path, header.metadata)
+            unet = infer_unet_config(shapes, path, get_family(architecture))
+            v = "v_pred" in shapes
+            reason = ("the file has a v_pred key" if v else
+                      "assumed: the file has no v_pred key (the mark of a v-prediction model)")
+            what = "checkpoint file"
+            weights = True
+    except ModelError as error:
+        return ModelDescription(message=str(error))
+    family = get_family(architecture)
+    prediction = "v_prediction" if v or architecture == "sd2_v" else "epsilon"
+    native = native_resolution(family.name, prediction)
+    label = family.display_label(prediction)
+    message = f"{label} {what}, native {native} px - ready to train."
+    if not weights:  # the layout is known (the window still shows it), training is not possible
+        message = (f"This folder has the {label} settings but no U-Net weights "
+                   "(unet/diffusion_pytorch_model.safetensors is missing).")
+    return ModelDescription(
+        family=family.name, label=label, prediction_type=prediction, prediction_reason=reason,
+        native_resolution=native, usable=weights, unet_config=unet, message=message)
+
+
+def native_resolution(family_name: str, prediction_type: str) -> int:
+    """The side a family was trained at for this prediction type (SD 2.x v: 768; SDXL: 1024),
+    from the family's modelspec.resolution."""
+    family = get_family(family_name)
+    return int(family.version_for(prediction_type)[2].split("x")[0])
+
+
+def _per_block(value: object, count: int) -> list[int]:
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value or 1)] * count
+
+
+def attention_modules(unet: dict) -> list[tuple[str, int, int]]:
+    """(module name, in features, out features) of every U-Net attention projection."""
+    widths = list(unet.get("block_out_channels") or [])
+    downs = list(unet.get("down_block_types") or [])
+    ups = list(unet.get("up_block_types") or [])
+    layers = unet.get("layers_per_block", 2)
+    cross = unet.get("cross_attention_dim") or 768
+    if isinstance(cross, (list, tuple)):
+        cross = cross[0]
+    depth = _per_block(unet.get("transformer_layers_per_block", 1), len(downs))
+    per_down = _per_block(layers, len(downs))
+    modules: list[tuple[str, int, int]] = []
+
+    def add(prefix: str, width: int, transformers: int) -> None:
+        for t in range(transformers):
+            for attn in ("attn1", "attn2"):
+                for proj in PROJECTION_NAMES:
+                    source = cross if attn == "attn2" and proj in ("to_k", "to_v") else width
+                    modules.append((f"{prefix}.transformer_blocks.{t}.{attn}.{proj}", source, width))
+
+    for i, kind in enumerate(downs):
+        if "CrossAttn" in kind:
+            for j in range(per_down[i]):
+                add(f"down_blocks.{i}.attentions.{j}", widths[i], depth[i])
+    if "CrossAttn" in str(unet.get("mid_block_type", "UNetMidBlock2DCrossAttn")) and widths:
+        add("mid_block.attentions.0", widths[-1], depth[-1])
+    rwidths, rdepth, rlayers = widths[::-1], depth[::-1], per_down[::-1]
+    for i, kind in enumerate(ups):
+        if "CrossAttn" in kind:
+            for j in range(rlayers[i] + 1):
+                add(f"up_blocks.{i}.attentions.{j}", rwidths[i], rdepth[i])
+    return modules
+
+
+def block_of(name: str) -> tuple[str, str]:
+    """("down" | "mid" | "up", block index) of a diffusers U-Net module path."""
+    if name.startswith("mid_block"):
+        return "mid", "0"
+    kind, index = name.split(".")[:2]
+    return kind.removesuffix("_blocks"), index
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """One down/mid/up block with attention, as the layer tree shows it."""
+
+    key: str            # "down.1" / "mid" / "up.0": what network.targets and blocks say
+    label: str          # "Down block 1 (input blocks 4, 5)" for SDXL
+    transformer_depth: int
+    modules: int        # attention projections in it
+
+
+def attention_blocks(family_name: str, unet: dict) -> list[AttentionBlock]:
+    """The blocks that hold attention, with the family's own names (SDXL: the SGM input /
+    middle / output block numbers kohya and A1111 users know) and their transformer depth."""
+    family = get_family(family_name)
+    sgm = unet_sgm_paths(unet) if family.unet_names == "sgm" and unet else {}
+    grouped: dict[str, list[str]] = {}
+    for name, _, _ in attention_modules(unet):
+        kind, index = block_of(name)
+        grouped.setdefault("mid" if kind == "mid" else f"{kind}.{index}", []).append(name)
+    out = []
+    for key, names in grouped.items():
+        kind, _, index = key.partition(".")
+        title = {"down": f"Down block {index}", "mid": "Middle block", "up": f"Up block {index}"}[kind]
+        depth = len({n.split(".transformer_blocks.")[1].split(".")[0] for n in names})
+        where = {"down": "input blocks", "up": "output blocks"}.get(kind)
+        if sgm and where:  # the one middle block needs no number
+            numbers = sorted({int(sgm[n].split(".")[1]) for n in names})
+            title += f" ({where} {', '.join(map(str, numbers))})"
+        out.append(AttentionBlock(key, title, depth, len(names)))
+    return out
+
+
+def selected_modules(unet: dict, network: NetworkConfig) -> list[tuple[str, int, int]]:
+    """The projections the network settings pick (the trainer asks the same
+    `NetworkConfig.selects`, so the count shown is the count trained)."""
+    out = []
+    for name, fan_in, fan_out in attention_modules(unet):
+        _, attn, proj = name.split(".transformer_blocks.")[1].split(".", 2)
+        if network.selects(*block_of(name), attn, proj):
+            out.append((name, fan_in, fan_out))
+    return out
+
+
+def lora_parameter_count(modules: list[tuple[str, int, int]], rank: int) -> int:
+    """Trainable parameters: rank x (in + out) per adapted module (down and up matrices)."""
+    return sum(rank * (fan_in + fan_out) for _, fan_in, fan_out in modules)
