@@ -138,6 +138,20 @@ class Binder(QObject):
         self.changed.emit(key)
         return True
 
+    def set_and_show(self, section: str, name: str, value: Any) -> bool:
+        """`set_value`, and the widgets bound to the field show the new value (for a change
+        the window makes on the user's behalf, such as the resolution following the model)."""
+        if not self.set_value(section, name, value):
+            return False
+        self._loading = True  # the widget's own signal must not commit it a second time
+        try:
+            for binding in self.bindings:
+                if binding.key == f"{section}.{name}":
+                    binding.put(value)
+        finally:
+            self._loading = False
+        return True
+
     def _set_error(self, key: str, message: str) -> None:
         had = self.errors.get(key, "")
         if message:

@@ -18,8 +18,10 @@ from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle, QStyleOption, QWidget
 
 ERROR, MUTED, CURVE, SECOND_CURVE = "error", "muted", "curve", "second_curve"
+NOTE = "note"  # the window changed a setting for the user (the resolution following the model)
 # (on a light background, on a dark one)
-_TONES = {ERROR: ("#b42020", "#ff7b7b"), CURVE: ("#2a5ad8", "#78a8ff"),
+_TONES = {ERROR: ("#b42020", "#ff7b7b"), NOTE: ("#1d5a9e", "#8cc0ff"),
+          CURVE: ("#2a5ad8", "#78a8ff"),
           SECOND_CURVE: ("#b8600c", "#ffaa4c")}
 
 

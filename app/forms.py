@@ -35,7 +35,9 @@ class Page(QScrollArea):
         self.setWidget(inner)
 
     def row(self, label: str, widget: QWidget) -> None:
-        self.form.addRow(label, widget)
+        # An empty QLabel rather than none: a row without a label widget is laid out at its
+        # size hint, so a wrapping label there got the height of a narrow, many-line text.
+        self.form.addRow(label or QLabel(), widget)
 
 
 class Folding(QWidget):
@@ -63,7 +65,7 @@ class Folding(QWidget):
         self.toggle.setArrowType(Qt.DownArrow if open_ else Qt.RightArrow)
 
     def row(self, label: str, widget: QWidget) -> None:
-        self.form.addRow(label, widget)
+        self.form.addRow(label or QLabel(), widget)
 
 
 def plain_label(text: str = "", wrap: bool = True) -> QLabel:

@@ -102,6 +102,7 @@ class MainWindow(QMainWindow):
             problems.append("pick a base model (Base model section)")
         elif not self.model.info.usable:
             problems.append(self.model.info.message)
+        problems += self.network.problems()
         if not config.dataset.folders and config.dataset.kohya_config is None:
             problems.append("add a folder of images (Dataset section)")
         return problems

@@ -9,17 +9,21 @@ from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLineEdit, QPlainTextEdit
 from app.binding import Binder, dspin, number_edit, spin
 from app.colours import ERROR, set_tone
 from app.forms import Folding, Page, plain_label
-from app.model_info import ModelInfo, lora_parameter_count, selected_modules
+from app.model_info import (AttentionBlock, ModelDescription, lora_parameter_count,
+                            known_layout, selected_modules, tree_blocks)
 from trainer.config import TARGET_PATTERN, NetworkConfig
+from trainer.families import get_family
+from trainer.families.lora_names import unet_kohya_names
 
-BLOCKS = [("down", "Down blocks (coarse layout, composition)"),
-          ("mid", "Middle block"),
-          ("up", "Up blocks (details, style)")]
+ROLES = {"down": "Down blocks shape the coarse layout and composition.",
+         "mid": "The middle block holds the most abstract, lowest-resolution features.",
+         "up": "Up blocks paint the details and the style."}
 ATTENTION = [("attn1", "Self-attention (attn1)", "How the image relates to itself."),
              ("attn2", "Cross-attention (attn2)", "How the words of the prompt steer the image.")]
 PROJECTIONS = [("to_q", "q (query)"), ("to_k", "k (key)"), ("to_v", "v (value)"),
                ("to_out.0", "out (output)")]
 ALL_PROJECTIONS = [value for value, _ in PROJECTIONS]
+PROJECTIONS_PER_TRANSFORMER = len(ATTENTION) * len(PROJECTIONS)
 TARGET_PRESETS = {
     "attention (all)": (["down", "mid", "up"], ["attn1", "attn2"], ALL_PROJECTIONS),
     "cross-attention only": (["down", "mid", "up"], ["attn2"], ALL_PROJECTIONS),
@@ -46,25 +50,63 @@ def as_settings(entries: list[str]) -> dict[str, list[str] | None]:
             "attention": NETWORK_DEFAULTS.attention, "projections": NETWORK_DEFAULTS.projections}
 
 
+def block_label(block: AttentionBlock) -> str:
+    """'Down block 1 (input blocks 4, 5) · 4 transformer blocks'."""
+    transformers = block.modules // PROJECTIONS_PER_TRANSFORMER
+    return f"{block.label} · {transformers} transformer block{'s' * (transformers != 1)}"
+
+
+def block_tooltip(block: AttentionBlock) -> str:
+    """The block's role, its transformer stacks and depth, and what its box sets."""
+    kind = block.key.partition(".")[0]
+    depth = max(1, block.transformer_depth)
+    stacks = block.modules // PROJECTIONS_PER_TRANSFORMER // depth
+    shape = (f"{stacks} × {depth} transformer blocks ({stacks} stacks, {depth} deep)"
+             if stacks > 1 else f"{depth} transformer block{'s' * (depth != 1)}")
+    return (f"{ROLES[kind]} {block.label}: {shape}, {block.modules} projections in all. "
+            f"Its box ticks or unticks all of them ('{block.key}' in the settings).")
+
+
 class TargetTree(QTreeWidget):
     """Block > attention kind > projection, one check box per leaf; a parent's box ticks or
-    unticks everything under it and shows partly ticked when its leaves differ."""
+    unticks everything under it and shows partly ticked when its leaves differ.
+
+    The blocks are the picked model's own (`set_blocks`; SDXL: down 1-2, middle, up 0-1 with
+    their SGM input / output block numbers); a leaf's key is the target entry it stands for,
+    "down.1.attn1.to_q" ("mid.attn1.to_q" for the middle block)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.setHeaderHidden(True)
         self.setMinimumHeight(240)
-        self.leaves: dict[str, QTreeWidgetItem] = {}  # "up.attn2.to_k" -> leaf
-        for kind, label in BLOCKS:
-            block = self._item(self, label, f"All attention layers of the {label.lower()}.")
+        self.leaves: dict[str, QTreeWidgetItem] = {}  # "up.1.attn2.to_k" -> leaf
+        self.block_items: dict[str, QTreeWidgetItem] = {}  # "up.1" -> its box
+        self.family = ""
+
+    def set_blocks(self, family: str, blocks: list[AttentionBlock]) -> None:
+        """Show these blocks (every box ticked until `show_network` says otherwise)."""
+        self.family = family
+        blocked = self.blockSignals(True)  # building is no edit: itemChanged stays quiet
+        try:
+            self._build(blocks)
+        finally:
+            self.blockSignals(blocked)
+        self.expandToDepth(0)
+
+    def _build(self, blocks: list[AttentionBlock]) -> None:
+        self.clear()
+        self.leaves.clear()
+        self.block_items.clear()
+        for block in blocks:
+            item = self._item(self, block_label(block), block_tooltip(block))
+            self.block_items[block.key] = item
             for attn, attn_label, tip in ATTENTION:
-                group = self._item(block, attn_label, tip)
+                group = self._item(item, attn_label, tip)
                 for proj, proj_label in PROJECTIONS:
-                    key = f"{kind}.{attn}.{proj}"
+                    key = f"{block.key}.{attn}.{proj}"
                     leaf = self._item(group, proj_label, f"{key}: the {proj_label} projection.")
                     leaf.setData(0, Qt.UserRole, key)
                     self.leaves[key] = leaf
-        self.expandToDepth(0)
 
     @staticmethod
     def _item(parent, label: str, tip: str) -> QTreeWidgetItem:
@@ -74,29 +116,53 @@ class TargetTree(QTreeWidget):
         item.setToolTip(0, tip)
         return item
 
-    def entries(self, current: list[str]) -> list[str]:
-        """The ticked leaves as target entries; a partly ticked leaf (a file picked single
-        blocks such as 'down.1.attn1.to_q') keeps the entries of `current` it stands for."""
-        out = []
-        for key, leaf in self.leaves.items():
-            state = leaf.checkState(0)
-            if state == Qt.Checked:
+    def entries(self) -> list[str]:
+        """The ticked leaves as target entries. A leaf ticked in every block of its kind is
+        written for the kind ('up.attn2.to_k' rather than 'up.1...' and 'up.2...'), so that
+        everything ticked is the plain default and presets keep the form older files use."""
+        ticked = [key for key, leaf in self.leaves.items() if leaf.checkState(0) == Qt.Checked]
+        kinds: dict[str, list[str]] = {}
+        for block in self.block_items:
+            kinds.setdefault(block.partition(".")[0], []).append(block)
+        out: list[str] = []
+        for key in ticked:
+            block, leaf = _split(key)
+            kind = block.partition(".")[0]
+            if all(f"{other}.{leaf}" in ticked for other in kinds[kind]):
+                key = f"{kind}.{leaf}"
+            if key not in out:
                 out.append(key)
-            elif state == Qt.PartiallyChecked:
-                out += [entry for entry in current if _leaf_key(entry) == key and entry != key]
         return out
 
-    def show_entries(self, entries: list[str]) -> None:
+    def show_network(self, network: NetworkConfig) -> None:
+        """Tick exactly the leaves the settings select (`NetworkConfig.selects`, as the
+        trainer asks)."""
         for key, leaf in self.leaves.items():
-            some = any(_leaf_key(entry) == key for entry in entries)
-            leaf.setCheckState(0, Qt.Checked if key in entries else
-                               Qt.PartiallyChecked if some else Qt.Unchecked)
+            block, leaf_name = _split(key)
+            kind, _, index = block.partition(".")
+            attn, proj = leaf_name.split(".", 1)
+            chosen = network.selects(kind, index or "0", attn, proj)
+            leaf.setCheckState(0, Qt.Checked if chosen else Qt.Unchecked)
+
+    def unknown_entries(self, network: NetworkConfig) -> list[str]:
+        """Entries of the settings that name no block shown (a block this model lacks)."""
+        kinds = {block.partition(".")[0] for block in self.block_items}
+        out = []
+        for entry in network.target_layers:
+            part = TARGET_PATTERN.match(entry)
+            block = part["kind"] + (f".{part['index']}" if part["index"] else "")
+            if block == "mid.0":
+                block = "mid"
+            if block not in self.block_items and block not in kinds:
+                out.append(entry)
+        return out
 
 
-def _leaf_key(entry: str) -> str:
-    """'down.1.attn1.to_q' -> 'down.attn1.to_q' (the tree's leaf for it)."""
-    part = TARGET_PATTERN.match(entry)
-    return f"{part['kind']}.{part['attn']}.{part['proj']}"
+def _split(key: str) -> tuple[str, str]:
+    """'down.1.attn1.to_q' -> ('down.1', 'attn1.to_q'); 'mid.attn2.to_out.0' -> ('mid', ...)."""
+    part = TARGET_PATTERN.match(key)
+    block = part["kind"] + (f".{part['index']}" if part["index"] else "")
+    return block, f"{part['attn']}.{part['proj']}"
 
 
 class NetworkSection(Page):
@@ -104,7 +170,8 @@ class NetworkSection(Page):
         super().__init__("Network", "How big the LoRA is and which layers of the model it "
                                     "changes.")
         self.binder = binder
-        self.info = ModelInfo()
+        self.info = ModelDescription()
+        self.known = False  # whether the tree shows the picked model's own blocks
         self.row("Rank", binder.field(
             spin(1, 4096), "network", "rank",
             "Size of the LoRA. 8-32 suits most styles and characters; higher learns more "
@@ -131,10 +198,14 @@ class NetworkSection(Page):
         row.addStretch()
         self.row("Layer presets", presets)
         self.tree = TargetTree()
+        self.tree.set_blocks(*tree_blocks(self.info))
         self.tree.setToolTip("The layers that get a LoRA: tick or untick any projection of any "
                              "block; a block's or attention kind's box sets all of its layers.")
         self.tree.itemChanged.connect(self._tree_edited)
         self.row("Target layers", self.tree)
+        self.layout_note = plain_label()
+        self.layout_note.setObjectName("network:layout")
+        self.row("", self.layout_note)
         self.tree_error = plain_label()
         set_tone(self.tree_error, ERROR)
         self.row("", self.tree_error)
@@ -168,9 +239,34 @@ class NetworkSection(Page):
         binder.errors_changed.connect(self._show_tree_error)
         self._config_changed("*")
 
-    def set_model_info(self, info: ModelInfo) -> None:
+    def set_model_info(self, info: ModelDescription) -> None:
+        """A model was picked (or cleared): show its blocks in the tree, recount."""
         self.info = info
+        self.known = known_layout(info)
+        family, blocks = tree_blocks(info)
+        shown = [(key, item.text(0)) for key, item in self.tree.block_items.items()]
+        if family != self.tree.family or shown != [(b.key, block_label(b)) for b in blocks]:
+            self.tree.set_blocks(family, blocks)
+            self._show_tree()
         self._update_count()
+        self._show_tree_error()
+
+    def problems(self) -> list[str]:
+        """Why these settings cannot train the picked model (empty when they can, or while no
+        model with a known layout is picked)."""
+        if not self.known:
+            return []
+        network = self.binder.config.network
+        unknown = self.tree.unknown_entries(network) if network.targets is not None else []
+        if unknown:  # the trainer refuses a target naming no layer
+            text = (f"network.targets: {', '.join(unknown)} name no layer of this "
+                    f"{self.info.label} model (Network section)")
+            return [text]
+        if not selected_modules(self.info.unet_config, network):
+            text = (f"the target layers pick no layer of this {self.info.label} model "
+                    "(Network section)")
+            return [text]
+        return []
 
     def apply_target_preset(self, name: str) -> None:
         blocks, attention, projections = TARGET_PRESETS[name]
@@ -182,8 +278,7 @@ class NetworkSection(Page):
         # A parent's box changes each leaf under it, one signal per leaf; parents are skipped.
         if self._syncing or item.childCount():
             return
-        current = self.binder.config.network.target_layers
-        self._write(as_settings(self.tree.entries(current)))
+        self._write(as_settings(self.tree.entries()))
 
     def _write(self, settings: dict) -> None:
         for name, value in settings.items():
@@ -192,7 +287,7 @@ class NetworkSection(Page):
     def _show_tree(self) -> None:
         self._syncing = True
         try:
-            self.tree.show_entries(self.binder.config.network.target_layers)
+            self.tree.show_network(self.binder.config.network)
         finally:
             self._syncing = False
 
@@ -200,8 +295,18 @@ class NetworkSection(Page):
         errors = [f"{name}: {self.binder.errors[f'network.{name}']}"
                   for name in ("targets", "blocks", "attention", "projections")
                   if f"network.{name}" in self.binder.errors]
+        network = self.binder.config.network
+        unknown = self.tree.unknown_entries(network) if self.known else []
+        if unknown and network.targets is not None:
+            errors.append(f"Not in this {self.info.label} model, so not shown above: "
+                          f"{', '.join(unknown)} (training refuses them; tick or untick any "
+                          "box to drop them)")
+        elif unknown:  # blocks x attention x projections: name the blocks
+            blocks = dict.fromkeys(_split(entry)[0] for entry in unknown)
+            errors.append(f"Not in this {self.info.label} model, so not shown above: "
+                          f"{', '.join(blocks)} (ignored)")
         self.tree_error.setText("\n".join(errors))
-        self.tree_error.setVisible(bool(errors))
+        self.form.setRowVisible(self.tree_error, bool(errors))
 
     def _config_changed(self, key: str) -> None:
         if key == "*":
@@ -218,14 +323,27 @@ class NetworkSection(Page):
         if not self.info.unet_config:
             self.modules = []
             self.module_list.setPlainText("")
-            self.count.setText("Pick an SD 1.x diffusers folder or .safetensors file to see how "
-                               "many layers and parameters this trains.")
+            self.count.setText("Pick a base model (a diffusers folder or a .safetensors file) "
+                               "to see how many layers and parameters this trains.")
+            self._show_layout_note()
             return
         modules = selected_modules(self.info.unet_config, network)
         params = lora_parameter_count(modules, network.rank)
         self.modules = modules
+        # the names the file will hold (SDXL: kohya's SGM paths), as the trainer writes them
+        names = unet_kohya_names(get_family(self.info.family or "sd1"), self.info.unet_config,
+                                 [name for name, _, _ in modules])
         self.module_list.setPlainText("\n".join(
-            f"{name}  ({fan_in} -> {fan_out}, {network.rank * (fan_in + fan_out):,} parameters)"
-            for name, fan_in, fan_out in modules))
+            f"{names[name]}  ({fan_in} -> {fan_out}, {network.rank * (fan_in + fan_out):,} "
+            "parameters)" for name, fan_in, fan_out in modules))
         self.count.setText(f"{len(modules)} U-Net modules, {params:,} trainable parameters "
                            f"(about {params * 2 / 1e6:.1f} MB at fp16)")
+        self._show_layout_note()
+
+    def _show_layout_note(self) -> None:
+        if self.known:
+            text = f"The blocks of this {self.info.label} model."
+        else:
+            text = (f"The {get_family(self.tree.family).label} layout, until a base model is "
+                    "picked: then its own blocks show.")
+        self.layout_note.setText(text)

@@ -10,12 +10,19 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QWidget)
 
 from app.binding import Binder, combo, spin
-from app.colours import ERROR, set_tone
+from app.colours import ERROR, NOTE, set_tone
 from app.forms import Folding, Page, plain_label
 from app.health import HealthReport
 from app.thumbnails import FolderCount, ThumbnailGrid, folder_repeats
-from app.model_info import ModelInfo, inspect_model
+from app.model_info import (ModelDescription, describe_model, effective, follow_model,
+                            native_resolution, prediction_text)
 from trainer.config import DatasetFolder
+from trainer.families import FAMILIES
+
+RESOLUTION_HINT = ", ".join(
+    f"{family.display_label(p)} {native_resolution(family.name, p)}"
+    for family in FAMILIES.values() for p in ("epsilon", "v_prediction")
+    if p == "epsilon" or family.version_for(p) != family.version_for("epsilon"))
 
 
 class FolderTable(QTableWidget):
@@ -126,7 +133,8 @@ class DatasetSection(Page):
             "A word put at the start of every caption; type it in your prompts to call the LoRA."))
         self.row("Resolution", binder.field(
             spin(64, 4096, 64, " px"), "dataset", "resolution",
-            "Training image size (a multiple of 64). 512 for SD 1.x."))
+            "Training image size (a multiple of 64): the base model's native size, "
+            f"{RESOLUTION_HINT}. It follows the base model until you change it."))
         self.row("Batch size", binder.field(
             spin(1, 1024), "dataset", "batch_size",
             "Images per step. Higher needs more memory."))
@@ -194,6 +202,11 @@ class DatasetSection(Page):
 
 
 class ModelSection(Page):
+    """The base model: where it is, and what it is (family, prediction type and why, native
+    size). Picking a model of another native size moves the training resolution along, unless
+    the user set it (`app.model_info.follow_model` has the rule); the note under the facts
+    says what moved."""
+
     def __init__(self, binder: Binder) -> None:
         super().__init__("Base model", "The Stable Diffusion model your LoRA is trained on top "
                                        "of: a diffusers folder or one .safetensors file.")
@@ -214,7 +227,28 @@ class ModelSection(Page):
         self.row("Model", picker)
         self.detected = plain_label()
         self.row("Detected", self.detected)
-        self.info = ModelInfo()
+        self.family = plain_label()
+        self.family.setObjectName("model:family")
+        self.family.setToolTip("The Stable Diffusion family, read from the model's tensors "
+                               "(not its file name).")
+        self.row("Family", self.family)
+        self.prediction = plain_label()
+        self.prediction.setObjectName("model:prediction")
+        self.prediction.setToolTip("What the model was trained to predict; training must match "
+                                   "it. Change it under Advanced if the model card says otherwise.")
+        self.row("Prediction type", self.prediction)
+        self.native = plain_label()
+        self.native.setObjectName("model:native")
+        self.native.setToolTip("The image size the model was trained at; train at this "
+                               "resolution unless you have a reason not to.")
+        self.row("Native resolution", self.native)
+        self.follow_note = plain_label()
+        self.follow_note.setObjectName("model:follow")
+        set_tone(self.follow_note, NOTE)
+        self.row("", self.follow_note)
+        self.form.setRowVisible(self.follow_note, False)
+        self.info = ModelDescription()
+        self._native = 0
         self.listeners: list = []
         more = Folding("Advanced")
         more.row("Prediction type", binder.field(
@@ -226,7 +260,7 @@ class ModelSection(Page):
             "Use an earlier text-encoder layer (2 for many anime models)."))
         self.body.addWidget(more)
         binder.changed.connect(self._maybe_inspect)
-        self._inspect()
+        self._inspect(follow=False)
 
     def _pick_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Pick a diffusers model folder")
@@ -244,13 +278,37 @@ class ModelSection(Page):
         self.binder.commit(next(b for b in self.binder.bindings if b.key == "model.path"))
 
     def _maybe_inspect(self, key: str) -> None:
-        if key in ("model.path", "*"):
-            self._inspect()
+        if key in ("model.path", "model.prediction_type"):
+            self._inspect(follow=True)
+        elif key == "*":  # a loaded file or preset: its sizes are its own, nothing moves
+            self._inspect(follow=False)
 
-    def _inspect(self) -> None:
-        self.info = inspect_model(self.binder.config.model.path)
-        self.detected.setText(self.info.message)
-        unusable = not self.info.usable and self.binder.config.model.path is not None
+    def _inspect(self, follow: bool) -> None:
+        # The last native size known: a path typed letter by letter passes through paths that
+        # are no model (native 0) on its way from one model to the next.
+        previous = self._native
+        config = self.binder.config
+        self.info = effective(describe_model(config.model.path), config.model.prediction_type)
+        info = self.info
+        self._native = info.native_resolution or self._native
+        self.detected.setText(info.message)
+        unusable = not info.usable and config.model.path is not None
         set_tone(self.detected, ERROR if unusable else None)
+        known = bool(info.family)
+        for label in (self.family, self.prediction, self.native):
+            self.form.setRowVisible(label, known)
+        if known:
+            self.family.setText(info.label)
+            self.prediction.setText(prediction_text(info))
+            self.native.setText(f"{info.native_resolution} × {info.native_resolution} px")
+        notes = []
+        if follow:
+            moved = follow_model(config, previous, info.native_resolution, info.label)
+            for key, value in moved.changes.items():
+                section, name = key.split(".")
+                self.binder.set_and_show(section, name, value)
+            notes = moved.notes
+        self.follow_note.setText("\n".join(notes))
+        self.form.setRowVisible(self.follow_note, bool(notes))
         for listener in self.listeners:
-            listener(self.info)
+            listener(info)

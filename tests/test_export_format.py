@@ -294,3 +294,25 @@ def test_cover_is_downscaled_jpeg(tmp_path) -> None:
     Image.new("RGB", (40, 20)).save(small)
     assert Image.open(io.BytesIO(base64.b64decode(cover_thumbnail(small).split(",", 1)[1]))
                       ).size == (40, 20)  # never upscaled
+
+
+def test_export_never_replaces_a_base_model_or_another_file(trained, tiny_model, tmp_path,
+                                                           capsys) -> None:
+    import hashlib
+    import shutil
+
+    base = tmp_path / "base.safetensors"
+    shutil.copyfile(tiny_model[1], base)
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("my notes")
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, notes)}
+    for target, words in ((base, "is a base model"), (notes, "is not a .safetensors LoRA file")):
+        assert cli(["export", str(trained["checkpoint"]), "--out", str(target), "--no-verify"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and ("never replaces" in err or "does not replace" in err), err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, notes)} == before
+    again = tmp_path / "again.safetensors"  # an earlier LoRA at the same name is replaced
+    for _ in range(2):
+        assert cli(["export", str(trained["checkpoint"]), "--out", str(again), "--no-verify"]) == 0
+    assert load_file(again).keys() == load_file(trained["fp16"]).keys()

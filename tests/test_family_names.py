@@ -103,3 +103,19 @@ def test_sd2_text_encoder_is_23_layers() -> None:
     assert len(expected) - 128 == 138
     assert sorted(found) == sorted(expected)
     assert all(found[name][:2] == shape for name, shape in expected.items())
+
+
+def test_sdxl_text_encoders_get_their_own_learning_rates() -> None:
+    from trainer.config import TrainConfig
+    from trainer.optim import build_optimizer
+
+    _, network = _meta_network("sdxl", 4, train_text_encoder=True)
+    config = TrainConfig(optimizer={"learning_rate": 1e-4},
+                         network={"rank": 4, "alpha": 2.0, "train_text_encoder": True,
+                                  "text_encoder_lr": 5e-5, "text_encoder_2_lr": 2e-5})
+    groups = build_optimizer(config, network, torch.device("cpu")).param_groups
+    assert [(g["lr"], len(g["params"])) for g in groups] == [(1e-4, 2 * 560), (5e-5, 2 * 72),
+                                                             (2e-5, 2 * 192)]
+    config.network.text_encoder_2_lr = None  # the second encoder follows the first
+    groups = build_optimizer(config, network, torch.device("cpu")).param_groups
+    assert [g["lr"] for g in groups] == [1e-4, 5e-5, 5e-5]

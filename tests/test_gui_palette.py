@@ -98,7 +98,7 @@ def unticked_box_contrast(window: MainWindow) -> float:
     """The strongest contrast between the pixels where an unticked leaf's box is drawn (the
     first 16 px of its row: no text reaches there) and the tree's background."""
     tree = window.network.tree
-    leaf = tree.leaves["down.attn1.to_q"]
+    leaf = tree.leaves["down.0.attn1.to_q"]
     leaf.setCheckState(0, Qt.Unchecked)
     leaf.parent().setExpanded(True)
     leaf.parent().parent().setExpanded(True)

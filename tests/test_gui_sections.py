@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QPlainTextEdit
 
 from app.main import MainWindow
-from app.model_info import attention_modules, inspect_model, lora_parameter_count, selected_modules
+from app.model_info import describe_model, lora_parameter_count, selected_modules
 from synthetic import make_shapes_dataset
 from trainer.config import NetworkConfig
 
@@ -97,9 +97,9 @@ def test_every_section_round_trips_through_a_preset_file(qtbot, tmp_path: Path) 
     assert other.binder.widget("network.rank").value() == 32
     assert other.binder.widget("metadata.tags").text() == "shapes, test"
     assert other.dataset.table.rowCount() == 1
-    leaves = other.network.tree.leaves
-    assert leaves["up.attn2.to_q"].checkState(0) == Qt.Checked
-    assert leaves["up.attn1.to_q"].checkState(0) == Qt.Unchecked
+    leaves = other.network.tree.leaves  # no model: the SD 1.x blocks
+    assert leaves["up.1.attn2.to_q"].checkState(0) == Qt.Checked
+    assert leaves["up.3.attn1.to_q"].checkState(0) == Qt.Unchecked
 
 
 def test_a_bad_value_shows_next_to_its_field_and_blocks_start(qtbot, tmp_path: Path) -> None:
@@ -151,11 +151,17 @@ def test_target_tree_and_module_count_follow_the_unet_config(qtbot, tmp_path: Pa
     assert "64 U-Net modules" in window.network.count.text()
     assert len(window.network.module_list.toPlainText().splitlines()) == 64
     assert "attn2" not in window.network.module_list.toPlainText()
-    window.network.tree.topLevelItem(0).setCheckState(0, Qt.Unchecked)  # untick Down blocks
+    tree = window.network.tree
+    assert list(tree.block_items) == ["down.0", "down.1", "down.2", "mid", "up.1", "up.2", "up.3"]
+    tree.block_items["down.0"].setCheckState(0, Qt.Unchecked)  # one block: written per block
+    assert window.config.network.blocks == ["down.1", "down.2", "mid", "up"]
+    assert "56 U-Net modules" in window.network.count.text()  # 64 - 2 transformers x 4 (attn1)
+    for key in ("down.1", "down.2"):
+        tree.block_items[key].setCheckState(0, Qt.Unchecked)  # every down block
     assert window.config.network.blocks == ["mid", "up"]
     assert window.config.network.targets is None  # still a product: kept in the old form
-    for index in range(3):
-        window.network.tree.topLevelItem(index).setCheckState(0, Qt.Unchecked)
+    for index in range(tree.topLevelItemCount()):
+        tree.topLevelItem(index).setCheckState(0, Qt.Unchecked)
     assert "network.targets" in window.binder.errors  # none ticked: refused, shown
     assert "at least one" in window.network.tree_error.text()
 
@@ -166,14 +172,23 @@ def test_one_leaf_of_the_target_tree_round_trips_through_a_preset_file(qtbot, tm
     window.model.set_path(str(SD15_UNET.parent.parent))  # configs are enough for the count
     edit(window, "network.rank", 16)
     assert "128 U-Net modules, 3,188,736 trainable parameters" in window.network.count.text()
-    leaf = window.network.tree.leaves["down.attn1.to_q"]
-    leaf.setCheckState(0, Qt.Unchecked)  # attn1 q everywhere but in the down blocks
+    leaf = window.network.tree.leaves["down.1.attn1.to_q"]
+    leaf.setCheckState(0, Qt.Unchecked)  # one block's query: written for that block alone
     targets = window.config.network.targets
-    assert len(targets) == 23 and "down.attn1.to_q" not in targets and "up.attn1.to_q" in targets
+    assert len(targets) == 25 and "down.0.attn1.to_q" in targets and "down.2.attn1.to_q" in targets
+    assert "down.attn1.to_q" not in targets and "up.attn1.to_q" in targets
+    # down block 1's two 640-wide transformer blocks lose a 640 -> 640 query: 16 x 1280 each
+    assert "126 U-Net modules, 3,147,776 trainable parameters" in window.network.count.text()
+    assert leaf.parent().checkState(0) == Qt.PartiallyChecked  # down.1 > attn1
+    assert leaf.parent().parent().checkState(0) == Qt.PartiallyChecked  # down.1
+    for block in ("down.0", "down.2"):  # attn1 q everywhere but in the down blocks
+        window.network.tree.leaves[f"{block}.attn1.to_q"].setCheckState(0, Qt.Unchecked)
+    targets = window.config.network.targets
+    assert len(targets) == 23 and not any(t.startswith("down.") and t.endswith("attn1.to_q")
+                                          for t in targets)
+    assert "down.attn1.to_k" in targets  # ticked in every down block: written for the kind
     # 6 down transformer blocks (two each 320, 640, 1280 wide) lose a w -> w query: 16 x 2w each
     assert "122 U-Net modules, 3,045,376 trainable parameters" in window.network.count.text()
-    assert leaf.parent().checkState(0) == Qt.PartiallyChecked  # down > attn1
-    assert leaf.parent().parent().checkState(0) == Qt.PartiallyChecked  # down
 
     preset = tmp_path / "one-leaf.toml"
     window.save_config_file(preset, only_changes=True)
@@ -183,21 +198,27 @@ def test_one_leaf_of_the_target_tree_round_trips_through_a_preset_file(qtbot, tm
     other.model.set_path(str(SD15_UNET.parent.parent))
     assert other.load_config_file(preset)
     assert other.config.network.targets == targets
-    assert other.network.tree.leaves["down.attn1.to_q"].checkState(0) == Qt.Unchecked
-    assert other.network.tree.leaves["down.attn1.to_k"].checkState(0) == Qt.Checked
+    leaves = other.network.tree.leaves
+    assert [leaves[f"down.{i}.attn1.to_q"].checkState(0) for i in range(3)] == [Qt.Unchecked] * 3
+    assert leaves["down.2.attn1.to_k"].checkState(0) == Qt.Checked
     assert other.network.count.text() == window.network.count.text()
-    other.network.tree.leaves["down.attn1.to_q"].setCheckState(0, Qt.Checked)
+    for i in range(3):
+        leaves[f"down.{i}.attn1.to_q"].setCheckState(0, Qt.Checked)
     assert other.config.network.targets is None  # every leaf again: back to the plain product
+    assert other.config.network.blocks == ["down", "mid", "up"]
 
 
-def test_single_blocks_from_a_file_show_partly_ticked_and_survive_an_edit(qtbot) -> None:
+def test_single_blocks_from_a_file_show_on_their_own_block_and_survive_an_edit(qtbot) -> None:
     window = MainWindow()
     qtbot.addWidget(window)
     window.binder.set_value("network", "targets", ["down.1.attn2.to_k", "up.attn2.to_k"])
     window.binder.load(window.config)
-    leaves = window.network.tree.leaves
-    assert leaves["down.attn2.to_k"].checkState(0) == Qt.PartiallyChecked
-    assert leaves["up.attn2.to_k"].checkState(0) == Qt.Checked
+    tree = window.network.tree
+    leaves = tree.leaves
+    assert leaves["down.1.attn2.to_k"].checkState(0) == Qt.Checked
+    assert leaves["down.0.attn2.to_k"].checkState(0) == Qt.Unchecked
+    assert tree.block_items["down.1"].checkState(0) == Qt.PartiallyChecked
+    assert [leaves[f"up.{i}.attn2.to_k"].checkState(0) for i in (1, 2, 3)] == [Qt.Checked] * 3
     leaves["mid.attn2.to_k"].setCheckState(0, Qt.Checked)
     network = window.config.network
     assert network.targets is None and network.attention == ["attn2"]
@@ -210,20 +231,29 @@ def write_safetensors_header(path: Path, keys: list[str]) -> None:
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
 
 
-@pytest.mark.parametrize("key, expected", [
-    ("cond_stage_model.transformer.text_model.embeddings.position_ids", "SD 1.x"),
-    ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "SD 2.x"),
-    ("conditioner.embedders.1.model.ln_final.weight", "SDXL"),
+@pytest.mark.parametrize("key, needle", [
+    ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", "looks like a LoRA"),
+    ("cond_stage_model.transformer.text_model.embeddings.position_ids", "text encoder alone"),
+    ("encoder.down.0.block.0.conv1.weight", "is a VAE"),
 ])
-def test_architecture_is_read_from_the_file_header(tmp_path: Path, key: str, expected: str) -> None:
+def test_a_file_that_is_no_base_model_is_named_in_the_section(qtbot, tmp_path: Path, key: str,
+                                                              needle: str) -> None:
     path = tmp_path / "model.safetensors"
     write_safetensors_header(path, [key])
-    info = inspect_model(path)
-    assert info.architecture == expected
-    assert info.usable == (expected == "SD 1.x")
+    info = describe_model(path)  # the trainer's detection, read from the header alone
+    assert needle in info.message and not info.usable and info.family == ""
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.model.set_path(str(path))
+    assert needle in window.model.detected.text()
+    assert not window.model.family.isVisibleTo(window.model)  # no family to show
+    assert info.message in window.start_problems()
+    assert window.config.dataset.resolution == 512  # nothing moved
 
 
 def test_module_count_rules() -> None:
+    from trainer.families.layout import attention_modules
+
     unet = json.loads(SD15_UNET.read_text())
     every = attention_modules(unet)
     assert len(every) == 16 * 8  # 6 down + 1 mid + 9 up transformer blocks × 8 projections

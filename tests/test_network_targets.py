@@ -8,6 +8,7 @@ import json
 import pytest
 
 from app.model_info import lora_parameter_count, selected_modules
+from trainer.families import get_family
 from trainer.config import NetworkConfig
 from trainer.config_io import ConfigError, build_config
 
@@ -97,3 +98,44 @@ def test_without_targets_the_cross_product_keeps_its_meaning() -> None:
     assert not network.selects("up", "1", "attn1", "to_k")
     assert NetworkConfig(blocks=["mid"], targets=["up.attn1.to_q"]).target_layers == \
         ["up.attn1.to_q"]  # targets, when set, replace the product
+
+
+# The real SD 2.x and SDXL U-Nets (built on the meta device: no memory, no weights) against the
+# window's arithmetic, for the same settings. SDXL: down 1 (2 x depth 2, 640 wide), down 2
+# (2 x depth 10, 1280), mid (depth 10, 1280), up 0 (3 x depth 10, 1280), up 1 (3 x depth 2, 640);
+# context 2048. SD 2.x: the SD 1.x layout with a 1024-wide context.
+REAL_LAYOUTS = [
+    ("sdxl", NetworkConfig(rank=16), 560, 23_224_320),
+    ("sdxl", NetworkConfig(rank=16, attention=["attn2"]), 280, 12_574_720),
+    ("sdxl", NetworkConfig(rank=8, blocks=["down.2"]), 160, 3_522_560),
+    ("sdxl", NetworkConfig(rank=4, targets=["mid.attn1.to_q", "up.0.attn2.to_k"]), 40, 501_760),
+    ("sd2", NetworkConfig(rank=16), 128, 3_319_808),
+    ("sd2", NetworkConfig(rank=16, attention=["attn2"]), 64, 1_722_368),
+    ("sd2", NetworkConfig(rank=8, blocks=["down.2"]), 16, 319_488),
+    ("sd2", NetworkConfig(rank=4, targets=["mid.attn1.to_q", "up.1.attn2.to_k"]), 4, 37_888),
+]
+
+
+@pytest.mark.parametrize("family, network_config, modules, parameters", REAL_LAYOUTS)
+def test_the_window_counts_the_real_layouts_as_the_trainer_trains_them(
+        family: str, network_config: NetworkConfig, modules: int, parameters: int) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from trainer.network import apply_lora
+
+    unet_config = get_family(family).config("unet")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config)
+        network = apply_lora(unet, None, network_config, get_family(family))
+    shown = selected_modules(unet_config, network_config)  # what the window counts
+    assert (len(network.layers), network.trainable_parameter_count()) == (modules, parameters)
+    assert (len(shown), lora_parameter_count(shown, network_config.rank)) == (modules, parameters)
+
+
+def test_sdxl_mid_and_up_0_by_hand() -> None:
+    """The last SDXL row above, worked out: mid = 10 transformer blocks x 4 x (1280 + 1280);
+    up 0 = 3 attentions x 10 x 4 x (2048 + 1280) for the cross-attention key."""
+    shown = selected_modules(get_family("sdxl").config("unet"),
+                             NetworkConfig(rank=4, targets=["mid.attn1.to_q", "up.0.attn2.to_k"]))
+    assert lora_parameter_count(shown, 4) == 10 * 4 * 2560 + 30 * 4 * 3328 == 501_760

@@ -132,7 +132,7 @@ def main() -> int:
     from dark_palette import dark_palette
 
     app.setPalette(dark_palette())  # as when the system switches to its dark theme
-    leaf = window.network.tree.leaves["down.attn1.to_q"]  # one layer off: parents partly ticked
+    leaf = window.network.tree.leaves["down.1.attn1.to_q"]  # one layer off: parents partly ticked
     leaf.parent().setExpanded(True)
     leaf.setCheckState(0, Qt.Unchecked)
     for name in DARK_SECTIONS:

@@ -13,6 +13,7 @@ import errno
 import glob
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,36 @@ def tensor_data_hashes(tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
     return model_hash, legacy_hash
 
 
+def refuse_foreign_target(path: Path) -> None:
+    """ExportError unless `path` is free or already a LoRA file: an export never replaces a
+    base model, a folder or any other file it did not write as a LoRA."""
+    from trainer.families.detect import looks_like_lora
+    from trainer.families.safetensors_header import SafetensorsError, parse_header
+
+    if not os.path.lexists(path):
+        return
+    if not path.is_file():
+        raise ExportError(f"{path} exists and is not a file; pick another name for the LoRA")
+    try:
+        header = parse_header(path)
+    except SafetensorsError:
+        raise ExportError(f"{path.name} already exists and is not a .safetensors LoRA file; LoRA "
+                          "Studio does not replace it: pick another output name") from None
+    metadata = header.metadata if isinstance(header.metadata, dict) else {}
+    if not looks_like_lora(header.tensors, metadata):
+        what = ("a base model" if any(k.startswith(("model.diffusion_model.", "conditioner.",
+                                                      "cond_stage_model.")) for k in header.tensors)
+                else "not a LoRA")
+        raise ExportError(f"{path.name} already exists and is {what} ({len(header.tensors):,} "
+                          "tensors); LoRA Studio never replaces it: pick another output name")
+
+
 def write_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                     save_precision: str = "fp16") -> Path:
-    """Cast, hash and write atomically (temp file + fsync + rename): an existing file at `path`
-    is replaced whole or not at all."""
+    """Cast, hash and write atomically (temp file + fsync + rename): an existing LoRA file at
+    `path` is replaced whole or not at all; any other existing file is refused (ExportError)."""
+    path = Path(path)
+    refuse_foreign_target(path)
     dtype = SAVE_DTYPES[save_precision]
     final = {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
     model_hash, legacy_hash = tensor_data_hashes(final)

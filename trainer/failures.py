@@ -25,6 +25,7 @@ def classify(error: BaseException) -> Failed:
     from trainer.checkpoint import CheckpointError
     from trainer.config_io import ConfigError
     from trainer.data import DatasetError
+    from trainer.export import ExportError
     from trainer.models import ModelError
     from trainer.network import NetworkError
     from trainer.optim import OptimizerError
@@ -36,7 +37,7 @@ def classify(error: BaseException) -> Failed:
     elif isinstance(error, ModelError):
         kind = "model"
     elif isinstance(error, (ConfigError, NetworkError, OptimizerError, PromptError,
-                            CheckpointError)):
+                            CheckpointError, ExportError)):
         kind = "config"
     elif type(error).__name__ == "NonFiniteLoss":
         kind = "nan"

@@ -22,7 +22,7 @@ from torch import nn
 
 from trainer.config import NetworkConfig
 from trainer.families import Family, get_family
-from trainer.families.checkpoint_keys import unet_sgm_paths
+from trainer.families.lora_names import kohya_name, unet_kohya_names
 
 ADAPTER = "default"
 UNET_ATTENTION = re.compile(
@@ -70,23 +70,6 @@ def select_unet_targets(module_names: list[str], network: NetworkConfig) -> list
 
 def select_text_encoder_targets(module_names: list[str]) -> list[str]:
     return [name for name in module_names if TEXT_ENCODER_TARGET.match(name)]
-
-
-def kohya_name(prefix: str, module_path: str) -> str:
-    """`lora_unet_` + path with dots as underscores. Text encoder paths are written in the
-    transformers 4 layout (`text_model.encoder...`) whatever version is installed (transformers
-    5's CLIPTextModel has no `text_model` level; CLIPTextModelWithProjection still has one)."""
-    if prefix.startswith("lora_te") and not module_path.startswith("text_model."):
-        module_path = "text_model." + module_path
-    return f"{prefix}_{module_path.replace('.', '_')}"
-
-
-def unet_kohya_names(family: Family, unet_config: dict, module_paths: list[str]) -> dict[str, str]:
-    """diffusers module path -> kohya name for U-Net modules, in the family's naming."""
-    if family.unet_names == "sgm":
-        sgm = unet_sgm_paths(dict(unet_config))
-        return {path: kohya_name("lora_unet", sgm[path]) for path in module_paths}
-    return {path: kohya_name("lora_unet", path) for path in module_paths}
 
 
 @dataclass

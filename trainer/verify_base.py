@@ -20,7 +20,7 @@ def _module_paths(owner, family=None) -> dict[str, tuple[str, str]]:
     from torch import nn
 
     from trainer.families import get_family
-    from trainer.network import kohya_name, unet_kohya_names
+    from trainer.families.lora_names import kohya_name, unet_kohya_names
 
     family = family or get_family("sd1")
     found = {}

@@ -34,13 +34,18 @@ def _cross_width(shapes: dict[str, tuple[int, ...]]) -> int | None:
     return None
 
 
+def looks_like_lora(keys, metadata: dict) -> bool:
+    """Whether a safetensors file's keys or metadata are those of a LoRA (any naming or kind)."""
+    return (any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys)
+            or any(m in k for k in keys for m in _LORA_MARKERS)
+            or "ss_network_module" in metadata)
+
+
 def _refuse_non_models(shapes: dict[str, tuple[int, ...]], path: Path, metadata: dict) -> None:
     keys = list(shapes)
     if not keys:
         raise _refuse(path, f"holds no tensors; {PICK}")
-    if (any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys)
-            or any(m in k for k in keys for m in _LORA_MARKERS)
-            or "ss_network_module" in metadata):
+    if looks_like_lora(keys, metadata):
         raise _refuse(path, "looks like a LoRA (lora_unet_ keys), not a base model: "
                             "pick the checkpoint you generate with")
     if (any(k in ("emb_params", "clip_l", "clip_g") or k.startswith("string_to_param") for k in keys)
