@@ -3,8 +3,9 @@ timed loops (the project's real run and the bare reference step), FLOP counting 
 machine's measured fp32 matmul rate.
 
 Import it first (`import common`): it puts the repository and tests/ on sys.path and keeps
-every hub offline. The SD 1.5 layout with random weights (~4 GB) is built once and kept in
-`$LORA_STUDIO_BENCH_CACHE` (default `~/.cache/lora-studio/bench`); delete the folder to free it.
+every hub offline. The SD 1.5 layout with random weights (~4 GB, a diffusers folder) and the
+SDXL layout with random weights (one fp16 single file, ~6.9 GB) are built once and kept in
+`$LORA_STUDIO_BENCH_CACHE` (default `~/.cache/lora-studio/bench`); delete the folder to free them.
 """
 
 from __future__ import annotations
@@ -82,10 +83,117 @@ def sd15_model() -> Path:
     return target
 
 
+def peak_rss_line() -> str:
+    """This process's peak resident memory so far (VmHWM), and its current RSS."""
+    return (f"peak RSS (VmHWM) {proc_status_bytes('VmHWM') / 2**30:.2f} GiB, "
+            f"RSS now {proc_status_bytes('VmRSS') / 2**30:.2f} GiB")
+
+
+@torch.no_grad()
+def write_random_single_file(path: Path, family_name: str, *, seed: int = 0,
+                             dtype: torch.dtype = torch.float16, configs: tuple | None = None
+                             ) -> None:
+    """One single-file checkpoint of the family's real layout (bundled configs) with seeded
+    random weights, stored as `dtype`, built component by component so that RAM holds the
+    finished `dtype` tensors plus one component under construction: the U-Net is built
+    directly in `dtype` (2.57 B parameters of SDXL: 5.1 GB in fp16 instead of 10.3 GB in fp32),
+    the VAE and text encoders in fp32 (the VAE's latent calibration runs a forward) and then
+    cast. Keys come from the same key table the loader reads; the extras real files carry
+    (position_ids, logit_scale) are added as `make_tiny_model` adds them. No diffusers folder.
+    `configs` = (unet, vae, {component: text}) replaces the bundled configs (a quick check with
+    the tiny ones of trainer.models.tiny)."""
+    import gc
+
+    from safetensors.torch import save_file
+
+    from trainer.families import get_family
+    from trainer.families.checkpoint_keys import build_key_table
+    from trainer.models.loading import (
+        build_text_encoder,
+        build_unet,
+        build_vae,
+        text_key_prefix,
+    )
+    from trainer.models.tiny import (
+        _calibrate_vae,
+        _perturb_constants,
+        _single_file_extras,
+    )
+
+    family = get_family(family_name)
+    unet_cfg, vae_cfg = family.config("unet"), family.config("vae")
+    text_cfgs = {s.component: family.config(s.component) for s in family.text_encoders}
+    if configs is not None:
+        unet_cfg, vae_cfg, text_cfgs = configs
+    prefixes = {s.component: text_key_prefix(build_text_encoder(
+        text_cfgs[s.component], empty=True, with_projection=s.with_projection))
+        for s in family.text_encoders}
+    table = build_key_table(family, unet_cfg, vae_cfg, text_cfgs, prefixes)
+    torch.manual_seed(seed)
+    ldm: dict = {}
+
+    def take(component: str, module) -> None:
+        _perturb_constants(module)
+        if component == "vae":
+            module.eval()
+            _calibrate_vae(module)
+        module.to(dtype)  # parameter by parameter: the old copy is freed as it goes
+        state = {k: v.detach() for k, v in module.state_dict().items()}
+        for key, t in table.to_ldm({component: state}).items():
+            ldm[key] = t.to(dtype).contiguous() if t.is_floating_point() else t.contiguous()
+        print(f"  {component}: {sum(p.numel() for p in module.parameters()) / 1e6:,.1f} M "
+              f"parameters; {peak_rss_line()}", flush=True)
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        unet = build_unet(unet_cfg, empty=False)
+    finally:
+        torch.set_default_dtype(default)
+    take("unet", unet)
+    del unet
+    gc.collect()
+    take("vae", build_vae(vae_cfg, empty=False))
+    gc.collect()
+    for spec in family.text_encoders:
+        take(spec.component, build_text_encoder(text_cfgs[spec.component], empty=False,
+                                                with_projection=spec.with_projection))
+        gc.collect()
+    ldm.update(_single_file_extras(family, ldm, text_cfgs))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(ldm, str(path), metadata={"format": "pt"})
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def sdxl_model() -> Path:
+    """The real SDXL layout with random weights (seed 0) as one fp16 single file (~6.9 GB),
+    built once (minutes) under a temp name and renamed into the cache."""
+    target = cache_root() / "sdxl-random-seed0.safetensors"
+    if target.is_file():
+        return target
+    building = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    building.unlink(missing_ok=True)
+    print(f"building the SDXL layout with random weights in {target} (once)", flush=True)
+    start = time.perf_counter()
+    try:
+        write_random_single_file(building, "sdxl")
+    except BaseException:
+        building.unlink(missing_ok=True)
+        raise
+    os.replace(building, target)
+    print(f"built in {time.perf_counter() - start:.0f} s, {target.stat().st_size / 1e9:.2f} GB; "
+          f"{peak_rss_line()}", flush=True)
+    return target
+
+
 def base_model(size: str, root: Path) -> Path:
-    """`tiny`: a fresh tiny model under `root`; `sd15`: the cached SD 1.5 layout."""
+    """`tiny`: a fresh tiny model under `root`; `sd15`: the cached SD 1.5 layout (a diffusers
+    folder); `sdxl`: the cached SDXL layout (one fp16 single file)."""
     if size == "sd15":
         return sd15_model()
+    if size == "sdxl":
+        return sdxl_model()
     from trainer.models import make_tiny_model
 
     make_tiny_model(root / "model")
@@ -127,6 +235,19 @@ def project_steps(config, run_dir: Path) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def unet_extras(unet, batch: int, px: int, device="cpu") -> dict:
+    """What the U-Net's forward needs beyond (sample, t, context): SDXL's pooled text embedding
+    and six size ids (original h/w, crop top/left, target h/w = px, px, 0, 0, px, px) when
+    `addition_embed_type` is "text_time"; nothing for SD 1.x / 2.x."""
+    cfg = unet.config
+    if cfg.get("addition_embed_type") != "text_time":
+        return {}
+    pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    time_ids = torch.tensor([px, px, 0, 0, px, px], dtype=torch.float32, device=device)
+    return {"added_cond_kwargs": {"text_embeds": torch.randn(batch, pooled, device=device),
+                                  "time_ids": time_ids.repeat(batch, 1)}}
+
+
 class BareStep:
     """The reference: nothing but the maths of a LoRA step on a given U-Net (noise +
     timesteps, forward, MSE, backward, AdamW step over `params`). Calling it runs one step and
@@ -138,6 +259,7 @@ class BareStep:
         batch = config.dataset.batch_size
         self.latents = torch.randn(batch, 4, latent_side, latent_side)
         self.context = torch.randn(batch, 77, unet.config.cross_attention_dim)
+        self.extra = unet_extras(unet, batch, latent_side * 8)
 
     def __call__(self) -> float:
         for param in self.params:  # whatever the trainer's step left behind
@@ -146,7 +268,7 @@ class BareStep:
         noise = torch.randn_like(self.latents)
         t = torch.randint(0, 1000, (self.latents.shape[0],))
         prediction = self.unet(self.scheduler.add_noise(self.latents, noise, t), t,
-                               self.context).sample
+                               self.context, **self.extra).sample
         loss = torch.nn.functional.mse_loss(prediction, noise)
         loss.backward()
         self.optimizer.step()
@@ -154,7 +276,7 @@ class BareStep:
         return time.perf_counter() - start
 
 
-def interleaved_steps(config, run_dir: Path) -> tuple[list[float], list[float]]:
+def interleaved_steps(config, run_dir: Path, log=None) -> tuple[list[float], list[float]]:
     """A B A B ... A per step, in one real run: A = a step of `trainer.loop.train` (cached
     latents and text embeddings, optimizer, scheduler, clipping, events: everything a run does
     per step), B = a `BareStep` on the very same U-Net and LoRA tensors, run from the loop's
@@ -184,6 +306,10 @@ def interleaved_steps(config, run_dir: Path) -> tuple[list[float], list[float]]:
     def on_step(step: int) -> None:
         if state["since"] is not None:
             trainer_times.append(time.perf_counter() - state["since"])
+            if log:
+                log(f"  step {step}: trainer {trainer_times[-1]:.2f} s")
+        elif log:
+            log(f"  step {step}: trainer step done (warm-up, not timed)")
         if step == total:
             return
         if state["bare"] is None:
@@ -192,6 +318,9 @@ def interleaved_steps(config, run_dir: Path) -> tuple[list[float], list[float]]:
                                      [p for p in unet.parameters() if p.requires_grad], config,
                                      config.dataset.resolution // 8)
         bare_times.append(state["bare"]())
+        if log:
+            log(f"  step {step}: bare {bare_times[-1]:.2f} s"
+                f"{' (warm-up, not timed)' if len(bare_times) == 1 else ''}; {peak_rss_line()}")
         state["since"] = time.perf_counter()
 
     loop.load_base_model = load_and_keep
@@ -245,7 +374,13 @@ def step_flops(model_path: Path, config, latent_side: int, device: str = "meta")
     from trainer.models.loading import build_unet
     from trainer.network import apply_lora
 
-    unet_config = json.loads((Path(model_path) / "unet" / "config.json").read_text("utf-8"))
+    if Path(model_path).is_file():  # a bench single file: built from the bundled configs
+        from trainer.families import get_family
+        from trainer.models import detect_architecture
+
+        unet_config = get_family(detect_architecture(Path(model_path))).config("unet")
+    else:
+        unet_config = json.loads((Path(model_path) / "unet" / "config.json").read_text("utf-8"))
     unet = build_unet({k: v for k, v in unet_config.items() if not k.startswith("_")},
                       empty=device == "meta")
     apply_lora(unet, None, config.network)
@@ -254,7 +389,8 @@ def step_flops(model_path: Path, config, latent_side: int, device: str = "meta")
     latents = torch.randn(batch, 4, latent_side, latent_side, device=device)
     context = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device)
     t = torch.randint(0, 1000, (batch,), device=device)
+    extra = unet_extras(unet, batch, latent_side * 8, device)
     with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
-        prediction = unet(latents, t, context).sample
+        prediction = unet(latents, t, context, **extra).sample
         torch.nn.functional.mse_loss(prediction, torch.randn_like(prediction)).backward()
     return counter.get_total_flops()
