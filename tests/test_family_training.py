@@ -190,3 +190,20 @@ def test_bucket_steps_of_32_are_for_sdxl_only(data, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"bucket_reso_steps = 32 is for SDXL models; sd1 is SD 1\.x: "
                                           r"use 64"):
         train(config, tmp_path / "run")
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes() -> None:
+    """A run saved before `loss.zero_terminal_snr` / `network.text_encoder_2_lr` existed has no
+    such keys; they count as their defaults, so the resume is not refused over them."""
+    from trainer.checkpoint import TrainingPosition, flatten, resume_differences
+    from trainer.config import TrainConfig
+
+    now = flatten(TrainConfig().model_dump(mode="json"))
+    old = {k: v for k, v in now.items() if k not in ("loss.zero_terminal_snr",
+                                                      "network.text_encoder_2_lr")}
+    position = lambda config: TrainingPosition(step=1, epoch=0, batch_in_epoch=1,  # noqa: E731
+                                               total_steps=2, dataset=[], config=config)
+    assert resume_differences(position(old), position(now)) == []
+    changed = dict(now, **{"loss.zero_terminal_snr": True})
+    assert resume_differences(position(old), position(changed)) == [
+        "loss.zero_terminal_snr was False, now True"]

@@ -163,11 +163,15 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
 
 def resume_differences(saved: TrainingPosition, now: TrainingPosition) -> list[str]:
     """What changed since the checkpoint, in words; empty when the resume is exact."""
+    from trainer.config import TrainConfig
+
+    # a setting added after the checkpoint was written counts as its default there
+    defaults = flatten(TrainConfig().model_dump(mode="json"))
     problems = []
     for key in sorted(set(saved.config) | set(now.config)):
         if any(key == f or key.startswith(f + ".") for f in RESUME_FREE_FIELDS):
             continue
-        before, after = saved.config.get(key), now.config.get(key)
+        before, after = saved.config.get(key, defaults.get(key)), now.config.get(key)
         if before != after:
             problems.append(f"{key} was {before!r}, now {after!r}")
     old = {row[0]: row for row in saved.dataset}
