@@ -25,6 +25,10 @@ class TensorSource:
     def keys(self) -> set[str]:
         return set(self.shapes)
 
+    def close(self) -> None:
+        """Let go of the file's memory map (reopened by the next `get`): the pages read so far
+        stop counting as resident, so a loader can release each component's share in turn."""
+
     def rename(self, mapping: dict[str, str]) -> "TensorSource":
         """A view whose keys are renamed by ``mapping`` (old -> new); others keep their name."""
         return _RenamedSource(self, mapping)
@@ -47,6 +51,9 @@ class SafetensorsSource(TensorSource):
                                  "download it again", self.path) from e
         return self._handle.get_tensor(key)
 
+    def close(self) -> None:
+        self._handle = None
+
 
 class DictSource(TensorSource):
     def __init__(self, path: Path, tensors: dict):
@@ -66,6 +73,9 @@ class _RenamedSource(TensorSource):
     def get(self, key: str):
         return self._inner.get(self._back[key])
 
+    def close(self) -> None:
+        self._inner.close()
+
 
 class MultiSource(TensorSource):
     """Several files (shards) seen as one."""
@@ -79,6 +89,10 @@ class MultiSource(TensorSource):
 
     def get(self, key: str):
         return self._owner[key].get(key)
+
+    def close(self) -> None:
+        for part in set(self._owner.values()):
+            part.close()
 
 
 def is_torch_pickle(path: Path) -> bool:

@@ -180,6 +180,8 @@ def _load_single_file(path: Path, dtype: torch.dtype, device) -> BaseModel:
                              f"it is incomplete or not {family.label}: pick a complete {family.label} "
                              "checkpoint", path)
         fill(module, tensors, dtype=dtype, where=path, part=comp.replace("_", " "), family=family.label)
+        del tensors, cache
+        source.close()  # unmap what this part read before the next is copied (SDXL: GBs)
     if family.vae_fp32 and dtype != torch.float32:
         vae.to(torch.float32)
     sched_cfg = infer_scheduler_config(shapes, family)
