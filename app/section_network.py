@@ -225,6 +225,13 @@ class NetworkSection(Page):
         self.row("Text encoder learning rate", binder.field(
             edit, "network", "text_encoder_lr",
             "Learning rate of the text-encoder LoRA; usually lower than the U-Net's.", **access))
+        edit_2, access_2 = number_edit(float, "same as the first text encoder")
+        self.te2_rate_edit = edit_2
+        self.te2_rate = binder.field(
+            edit_2, "network", "text_encoder_2_lr",
+            "SDXL's second text encoder (OpenCLIP-bigG) with a rate of its own.", **access_2)
+        self.row("Text encoder 2 learning rate", self.te2_rate)
+        self.form.setRowVisible(self.te2_rate, False)  # only SDXL has a second text encoder
         more = Folding("Advanced")
         start_from = QLineEdit()
         start_from.setPlaceholderText("none: start from zero")
@@ -243,6 +250,8 @@ class NetworkSection(Page):
         """A model was picked (or cleared): show its blocks in the tree, recount."""
         self.info = info
         self.known = known_layout(info)
+        two_encoders = bool(info.family) and len(get_family(info.family).text_encoders) > 1
+        self.form.setRowVisible(self.te2_rate, two_encoders)
         family, blocks = tree_blocks(info)
         shown = [(key, item.text(0)) for key, item in self.tree.block_items.items()]
         if family != self.tree.family or shown != [(b.key, block_label(b)) for b in blocks]:

@@ -153,6 +153,7 @@ def test_sd2_v_prediction_is_read_from_the_file_and_can_be_overridden(qtbot, tin
 def test_the_layer_tree_shows_the_models_own_blocks(qtbot, tiny_files) -> None:
     window = window_for(qtbot)
     network = window.network
+    assert not network.form.isRowVisible(network.te2_rate)  # one text encoder until SDXL
     no_model = [key for key, _ in shown_blocks(window)]  # the real SD 1.x layout
     assert no_model == ["down.0", "down.1", "down.2", "mid", "up.1", "up.2", "up.3"]
     assert "SD 1.x layout, until a base model is picked" in network.layout_note.text()
@@ -162,6 +163,10 @@ def test_the_layer_tree_shows_the_models_own_blocks(qtbot, tiny_files) -> None:
     tip = network.tree.block_items["down.2"].toolTip(0)
     assert "2 × 2 transformer blocks (2 stacks, 2 deep), 32 projections in all" in tip
     assert "136 U-Net modules" in network.count.text()  # 16 + 32 + 16 + 48 + 24
+    assert network.form.isRowVisible(network.te2_rate)  # SDXL: a rate for each text encoder
+    network.te2_rate_edit.setText("2e-5")
+    network.te2_rate_edit.textEdited.emit("2e-5")  # as typing does
+    assert window.binder.config.network.text_encoder_2_lr == 2e-5
     listed = [line.split()[0] for line in network.module_list.toPlainText().splitlines()]
     assert len(listed) == 136 and listed[0] == "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
     assert "lora_unet_middle_block_1_transformer_blocks_1_attn2_to_out_0" in listed  # SGM names
