@@ -14,7 +14,7 @@ from .family import Family, TextEncoderSpec
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY)}
 
-__all__ = ["FAMILIES", "Family", "TextEncoderSpec", "get_family", "prediction_of"]
+__all__ = ["FAMILIES", "Family", "TextEncoderSpec", "get_family"]
 
 
 def get_family(architecture: str) -> Family:
@@ -24,7 +24,3 @@ def get_family(architecture: str) -> Family:
         raise KeyError(f"unknown model family {architecture!r}; known: {', '.join(FAMILIES)}")
     return FAMILIES[name]
 
-
-def prediction_of(architecture: str) -> str:
-    """What detection says of the prediction type: "v_prediction" for "sd2_v", else "epsilon"."""
-    return "v_prediction" if architecture == "sd2_v" else "epsilon"

@@ -12,7 +12,6 @@ from pathlib import Path
 from .checkpoint_keys import UNET_PREFIX, VAE_PREFIX
 from .errors import ModelError, name_of
 
-ARCHITECTURES = ("sd1", "sd2", "sd2_v", "sdxl")
 ARCHITECTURE_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sd2_v": "SD 2.x (v-prediction)",
                       "sdxl": "SDXL"}
 PICK = "pick an SD 1.x, SD 2.x or SDXL checkpoint"

@@ -94,11 +94,6 @@ class Family:
         key = "v" if prediction_type in ("v", "v_prediction") else "epsilon"
         return self.versions.get(key) or self.versions["epsilon"]
 
-    def architecture(self, prediction_type: str) -> str:
-        """The detection name: "sd1", "sd2", "sd2_v" or "sdxl"."""
-        v = prediction_type in ("v", "v_prediction")
-        return f"{self.name}_v" if v and self.name == "sd2" else self.name
-
     def base_metadata(self, prediction_type: str) -> dict[str, str]:
         """The keys A1111 groups LoRAs by, and modelspec's architecture (docs/lora-format.md)."""
         version, architecture, resolution = self.version_for(prediction_type)

@@ -121,7 +121,7 @@ def make_random_model(out_dir: Path, family: str = "sd1", *, seed: int = 0) -> N
 
 def write_random_model(out_dir: Path, family: Family, unet_cfg: dict, vae_cfg: dict,
                        text_cfgs: dict[str, dict], *, single_file: Path | None = None, seed: int = 0,
-                       prediction_type: str = "epsilon", single_file_dtype=torch.float32) -> None:
+                       prediction_type: str = "epsilon") -> None:
     """Build the U-Net, VAE and text encoders from configs with seeded random weights and save
     them as a diffusers folder (and optionally one single-file checkpoint)."""
     from safetensors.torch import save_file
@@ -145,7 +145,7 @@ def write_random_model(out_dir: Path, family: Family, unet_cfg: dict, vae_cfg: d
                             {c: text_key_prefix(m) for c, m in encoders.items()})
     ldm = table.to_ldm({"unet": unet.state_dict(), "vae": vae.state_dict(),
                         **{c: m.state_dict() for c, m in encoders.items()}})
-    ldm = {k: v.detach().to(single_file_dtype).contiguous() for k, v in ldm.items()}
+    ldm = {k: v.detach().to(torch.float32).contiguous() for k, v in ldm.items()}
     ldm.update(_single_file_extras(family, ldm, text_cfgs))
     if prediction_type == "v_prediction":
         ldm["v_pred"] = torch.tensor([])
