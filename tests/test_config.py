@@ -113,3 +113,21 @@ def test_relative_paths_in_a_file_are_relative_to_that_file(tmp_path: Path) -> N
     config = build_config(load_config_data(path))
     assert config.model.path == (tmp_path / "models" / "base.safetensors").resolve()
     assert config.dataset.folders[0].path == (tmp_path / "sub" / "imgs").resolve()
+
+
+@pytest.mark.parametrize("flag", ["--model", "--data", "--out", "--dataset-config", "--init-from"])
+def test_an_empty_path_flag_is_refused_not_read_as_the_current_folder(flag, capsys) -> None:
+    from trainer.cli import main as cli
+
+    assert cli(["config", "show", flag, ""]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} is empty; give a path" in err and "Traceback" not in err
+
+
+def test_an_empty_name_is_refused_not_replaced_by_the_default(capsys) -> None:
+    from trainer.cli import main as cli
+
+    assert cli(["config", "show", "--name", ""]) == 2
+    assert "output.name" in capsys.readouterr().err
+    assert cli(["config", "show", "--name", "mine"]) == 0
+    assert 'name = "mine"' in capsys.readouterr().out

@@ -32,14 +32,14 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", type=Path, help="a config TOML file")
     group.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.KEY=VALUE", help="override one field, e.g. network.rank=32")
-    group.add_argument("--model", type=Path, help="base model: diffusers folder or .safetensors")
-    group.add_argument("--data", type=Path, action="append", default=[],
+    group.add_argument("--model", type=str, help="base model: diffusers folder or .safetensors")
+    group.add_argument("--data", type=str, action="append", default=[],
                        help="image folder (repeatable); kohya N_name subfolders are understood")
-    group.add_argument("--dataset-config", type=Path, help="a kohya dataset TOML file")
-    group.add_argument("--out", type=Path, help="run folder (config, events, samples, checkpoints, LoRA)")
+    group.add_argument("--dataset-config", type=str, help="a kohya dataset TOML file")
+    group.add_argument("--out", type=str, help="run folder (config, events, samples, checkpoints, LoRA)")
     group.add_argument("--name", help="output name: the LoRA file is NAME.safetensors")
     group.add_argument("--steps", type=int, help="optimizer steps to train")
-    group.add_argument("--init-from", type=Path, help="start from an existing LoRA file (same "
+    group.add_argument("--init-from", type=str, help="start from an existing LoRA file (same "
                                                       "rank and targets)")
 
 
@@ -64,19 +64,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         data = merge(data, load_config_data(args.config))
     cwd = Path.cwd()
+
+    def path_of(flag: str, value: str) -> str:
+        # an empty path would resolve to the current folder: refuse it rather than guess
+        if not str(value).strip():
+            raise ConfigError(f"--{flag} is empty; give a path (or leave the flag out)")
+        return str((cwd / value).resolve())
+
     short: dict[str, Any] = {}
-    if args.model:
-        short["model"] = {"path": str((cwd / args.model).resolve())}
+    if args.model is not None:
+        short["model"] = {"path": path_of("model", args.model)}
     if args.data:
-        short["dataset"] = {"folders": [{"path": str((cwd / d).resolve())} for d in args.data]}
-    if args.dataset_config:
-        short.setdefault("dataset", {})["kohya_config"] = str((cwd / args.dataset_config).resolve())
-    if args.out:
-        short["output"] = {"dir": str((cwd / args.out).resolve())}
-    if args.name:
+        short["dataset"] = {"folders": [{"path": path_of("data", d)} for d in args.data]}
+    if args.dataset_config is not None:
+        short.setdefault("dataset", {})["kohya_config"] = path_of("dataset-config", args.dataset_config)
+    if args.out is not None:
+        short["output"] = {"dir": path_of("out", args.out)}
+    if args.name is not None:  # '' is refused by output.name's own rule, never replaced
         short.setdefault("output", {})["name"] = args.name
-    if args.init_from:
-        short["network"] = {"init_from": str((cwd / args.init_from).resolve())}
+    if args.init_from is not None:
+        short["network"] = {"init_from": path_of("init-from", args.init_from)}
     if args.steps is not None:
         short["schedule"] = {"max_train_steps": args.steps, "max_train_epochs": None}
     data = merge(data, short)
