@@ -227,21 +227,15 @@ class ModelSection(Page):
         self.row("Model", picker)
         self.detected = plain_label()
         self.row("Detected", self.detected)
-        self.family = plain_label()
-        self.family.setObjectName("model:family")
-        self.family.setToolTip("The Stable Diffusion family, read from the model's tensors "
-                               "(not its file name).")
-        self.row("Family", self.family)
-        self.prediction = plain_label()
-        self.prediction.setObjectName("model:prediction")
-        self.prediction.setToolTip("What the model was trained to predict; training must match "
-                                   "it. Change it under Advanced if the model card says otherwise.")
-        self.row("Prediction type", self.prediction)
-        self.native = plain_label()
-        self.native.setObjectName("model:native")
-        self.native.setToolTip("The image size the model was trained at; train at this "
-                               "resolution unless you have a reason not to.")
-        self.row("Native resolution", self.native)
+        self.family = self._fact("Family", "model:family",
+                                 "The Stable Diffusion family, read from the model's tensors "
+                                 "(not its file name).")
+        self.prediction = self._fact("Prediction type", "model:prediction",
+                                     "What the model was trained to predict; training must match "
+                                     "it. Change it under Advanced if the model card says otherwise.")
+        self.native = self._fact("Native resolution", "model:native",
+                                 "The image size the model was trained at; train at this "
+                                 "resolution unless you have a reason not to.")
         self.follow_note = plain_label()
         self.follow_note.setObjectName("model:follow")
         set_tone(self.follow_note, NOTE)
@@ -261,6 +255,15 @@ class ModelSection(Page):
         self.body.addWidget(more)
         binder.changed.connect(self._maybe_inspect)
         self._inspect(follow=False)
+
+
+    def _fact(self, label: str, name: str, tip: str):
+        """One read-only row about the picked model."""
+        widget = plain_label()
+        widget.setObjectName(name)
+        widget.setToolTip(tip)
+        self.row(label, widget)
+        return widget
 
     def _pick_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Pick a diffusers model folder")

@@ -146,19 +146,45 @@ def test_v_prediction_target_is_v() -> None:
         assert float(loss) == pytest.approx(target ** 2, rel=1e-5), kind
 
 
-def test_zero_terminal_snr_rescales_the_schedule(data, tmp_path) -> None:
+def test_zero_terminal_snr_rescales_the_schedule(data, tmp_path, monkeypatch) -> None:
+    """The run trains on the rescaled schedule (its last step pure noise), and min-SNR weighting
+    at that SNR of 0 gives epsilon models weight 1, not 0/0."""
+    from diffusers.schedulers import DDPMScheduler
+
+    import trainer.objective as objective
+    from trainer.config import LossConfig
+
     make_tiny_model(tmp_path / "v", family="sd2", prediction_type="v_prediction")
     config = tiny_config(tmp_path / "v", data, tmp_path / "run", schedule={"max_train_steps": 2},
                          loss={"zero_terminal_snr": True, "min_snr_gamma": 5.0})
-    train(config, tmp_path / "run")
-    values = [v for _, v, _ in losses(tmp_path / "run")]
-    assert len(values) == 2 and all(v == v and v < 10 for v in values)  # finite at SNR 0
-    from diffusers.schedulers import DDPMScheduler
+    seen = []
+    real = objective.diffusion_loss
 
-    plain = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    rescaled = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                             rescale_betas_zero_snr=True)
-    assert float(plain.alphas_cumprod[-1]) > 1e-3 and float(rescaled.alphas_cumprod[-1]) < 1e-6
+    def spy(unet, latents, context, scheduler, *args, **kwargs):
+        seen.append(float(scheduler.alphas_cumprod[-1]))
+        return real(unet, latents, context, scheduler, *args, **kwargs)
+
+    monkeypatch.setattr("trainer.loop.diffusion_loss", spy)
+    train(config, tmp_path / "run")
+    assert seen == [0.0, 0.0]  # the plain SD schedule ends at alphas_cumprod 0.0047
+
+    scheduler = DDPMScheduler(num_train_timesteps=4, beta_schedule="scaled_linear",
+                              beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True)
+
+    class Zero(torch.nn.Module):
+        def forward(self, sample, timesteps, context):
+            return type("Out", (), {"sample": torch.zeros_like(sample)})()
+
+    latents = torch.full((1, 1, 1, 1), 0.5)
+    generator = torch.Generator().manual_seed(0)  # draws timestep 3: SNR 0
+    weighted = diffusion_loss_at(real, Zero(), latents, scheduler, generator, LossConfig(min_snr_gamma=5.0))
+    plain = diffusion_loss_at(real, Zero(), latents, scheduler, torch.Generator().manual_seed(0),
+                              LossConfig())
+    assert weighted == plain and weighted == weighted  # weight 1, finite
+
+
+def diffusion_loss_at(loss_fn, unet, latents, scheduler, generator, loss) -> float:
+    return float(loss_fn(unet, latents, torch.zeros(1, 77, 4), scheduler, generator, loss, "epsilon"))
 
 
 def test_sdxl_size_ids_follow_bucket_crop_and_flip(tmp_path) -> None:
