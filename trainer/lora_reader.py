@@ -230,8 +230,8 @@ class LoraFile:
 
     @property
     def kind(self) -> str:
-        """The network kind the tensors show ("LoRA", "LoCon" with conv layers, or what
-        `_UNSUPPORTED` names)."""
+        """The network kind the tensors show: "LoRA", or LoCon when a module is a k x k conv
+        (LoHa / LoKr / DoRA keys are reported as keys not understood)."""
         conv = any(m.down is not None and m.down.dim() == 4 and tuple(m.down.shape[2:]) != (1, 1)
                    for m in self.modules.values())
         return "LoCon (LoRA with conv layers)" if conv else "LoRA"
