@@ -5,6 +5,7 @@ and are set again when the palette changes, so the plot reads in light and dark 
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import math
 import threading
@@ -18,6 +19,18 @@ from app.colours import CURVE, SECOND_CURVE, tone_colour
 
 SMOOTHING = 0.9  # exponential moving average, as TensorBoard shows it (debiased)
 REDRAW_MS = 250
+EMPTY_RANGE = (0.0, 1.0)  # what both axes show before a run's first point
+
+
+def lr_axis_range(lrs: list[float]) -> tuple[float, float]:
+    """The learning-rate axis for these rates (never negative): 0 to a little above the
+    highest. A constant rate gets 0 .. twice its value, so its line sits in the middle;
+    pyqtgraph's own fit of a flat line is a hair-thin band around it that read as
+    -400 ... 400 (x0.001)."""
+    if not lrs or max(lrs) <= 0:
+        return EMPTY_RANGE
+    high = max(lrs)
+    return 0.0, (2 * high if min(lrs) == high else 1.1 * high)
 
 
 def preload_in_background() -> threading.Thread:
@@ -76,6 +89,8 @@ class LossPlot(QWidget):
         item.scene().addItem(self.lr_view)
         item.getAxis("right").linkToView(self.lr_view)
         item.getAxis("right").setLabel("learning rate")
+        # rates are 1e-6 .. 1e-3: an SI multiplier such as "(x1e-05)" only hides the value
+        item.getAxis("right").enableAutoSIPrefix(False)
         self.lr_view.setXLink(item)
         self.lr_curve = pg.PlotDataItem(name="learning rate")
         self.lr_view.addItem(self.lr_curve)
@@ -123,14 +138,31 @@ class LossPlot(QWidget):
             self.plot.getPlotItem().setLogMode(y=on)
 
     def clear(self) -> None:
+        """Forget the points and the axes: the next run starts on fresh, self-fitting axes, not
+        on the last run's ranges (or a range the user zoomed to)."""
         self.steps, self.losses, self.smoothed, self.lrs = [], [], [], []
         self._ema = 0.0
         if self.plot is not None:
+            view = self.plot.getPlotItem().vb  # the rate axis is set from the points at each draw
+            view.setRange(xRange=EMPTY_RANGE, yRange=EMPTY_RANGE, padding=0)
+            view.enableAutoRange()
             self.redraw()
 
+    def keep_until(self, step: int) -> None:
+        """Drop the points after `step`. A resumed run trains from its checkpoint's step again,
+        so the steps the earlier run made after it are not part of the final weights' curve."""
+        kept = bisect.bisect_right(self.steps, step)
+        del self.steps[kept:], self.losses[kept:], self.smoothed[kept:], self.lrs[kept:]
+        # the moving average as it stood after the last kept point (undo the debiasing)
+        self._ema = self.smoothed[-1] * (1 - SMOOTHING ** kept) if kept else 0.0
+
     def add(self, step: int, loss: float, lr: float) -> None:
+        """One point; a step at or before the last one shown (a resumed run) replaces the
+        points from that step on."""
         if not math.isfinite(loss):
             return
+        if self.steps and step <= self.steps[-1]:
+            self.keep_until(step - 1)
         self.steps.append(step)
         self.losses.append(loss)
         self.lrs.append(lr)
@@ -152,4 +184,6 @@ class LossPlot(QWidget):
         self.raw_curve.setData(self.steps, self.losses)
         self.smooth_curve.setData(self.steps, self.smoothed)
         self.lr_curve.setData(self.steps, self.lrs)
+        low, high = lr_axis_range(self.lrs)
+        self.lr_view.setYRange(low, high, padding=0)
         self._sync_views()

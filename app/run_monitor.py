@@ -7,6 +7,8 @@ from.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QLabel, QPlainTextEdit, QProgressBar, QSplitter, QTabWidget,
                                QVBoxLayout, QWidget)
@@ -15,10 +17,11 @@ from app.colours import ERROR, set_tone
 from app.gallery import Gallery
 from app.loss_plot import LossPlot
 from trainer.events import (Event, Failed, Finished, Log, Loss, Progress, Sample, Saved,
-                            Started)
+                            Started, read_events)
 
 
 def format_seconds(seconds: float) -> str:
+    """'1:02:03' or '2:03'."""
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -60,8 +63,11 @@ class RunMonitor(QWidget):
         self.reset()
 
     def reset(self) -> None:
+        """Empty everything for a new run (or a past run about to be replayed)."""
         self.total = 0
         self.step = 0
+        self.paused = False
+        self.last_progress: Progress | None = None
         self.run_dir = ""
         self.lora_files: list[str] = []
         self.checkpoints: list[str] = []
@@ -86,24 +92,69 @@ class RunMonitor(QWidget):
         if any(isinstance(e, Loss) for e in events):
             self.plot.redraw()
 
+    def set_paused(self, paused: bool) -> None:
+        """Say "paused" in the progress text instead of a speed and an ETA that no longer run
+        (a Progress of the step that was in flight moves the step on and keeps "paused");
+        unpausing brings the last speed and ETA back."""
+        self.paused = paused
+        self._show_progress()
+
+    def _show_progress(self) -> None:
+        """The bar and its text for the current step, paused state and last Progress."""
+        self.progress.setRange(0, max(1, self.total))
+        self.progress.setValue(self.step)
+        text = f"step {self.step} / {self.total}"
+        last = self.last_progress
+        if self.paused:
+            text += " · paused"
+        elif last is not None:
+            text += (f" · epoch {last.epoch} · {last.it_per_s:.2f} it/s · "
+                     f"{format_seconds(last.eta_s)} left")
+        self.progress.setFormat(text)
+
+    def _started(self, event: Started) -> None:
+        self.run_dir, self.total = event.run_dir, event.total_steps
+        self.step, self.last_progress = event.resumed_from_step, None
+        set_tone(self.status, None)
+        self._show_progress()
+        resumed = ""
+        if event.resumed_from_step:
+            resumed = f", resumed at step {event.resumed_from_step}"
+            # steps after the checkpoint (a run killed after its last save) are trained again
+            self.plot.keep_until(event.resumed_from_step)
+            if not self.plot.steps:  # a live run: the steps before the resume are on disk
+                self._show_earlier(Path(event.run_dir), event.resumed_from_step)
+        self.status.setText(f"Training in {event.run_dir}{resumed}")
+        self._log("info", f"started: {event.total_steps} steps in {event.run_dir}{resumed}")
+
+    def _show_earlier(self, run_dir: Path, step: int) -> None:
+        """The loss points and previews up to `step` that the run folder's log holds from the
+        run (or runs) this one resumes."""
+        for event in read_events(run_dir, load_images=True):
+            if isinstance(event, (Loss, Sample)) and event.step <= step:
+                self._one(event)
+        self.plot.redraw()
+
+    def _finished(self, event: Finished) -> None:
+        self.outcome, self.paused, self.step = event, False, event.step
+        self.progress.setRange(0, max(1, self.total))
+        self.progress.setValue(self.progress.maximum() if event.step >= self.total
+                               else event.step)
+        # the run's last speed figure, the one the progress text showed while it trained
+        speed = (f" · {self.last_progress.it_per_s:.2f} it/s" if self.last_progress else "")
+        done = "finished" if event.step >= self.total else "stopped early"
+        self.progress.setFormat(f"step {event.step} / {self.total} · {done}{speed}")
+        early = "" if event.step >= self.total else f" (stopped early at step {event.step})"
+        self.status.setText(f"Finished{early}. LoRA file: {event.path}")
+        self._log("info", f"finished at step {event.step}: {event.path}")
+        self.finished.emit(event)
+
     def _one(self, event: Event) -> None:
         if isinstance(event, Started):
-            self.run_dir, self.total = event.run_dir, event.total_steps
-            set_tone(self.status, None)
-            self.progress.setRange(0, max(1, event.total_steps))
-            self.progress.setValue(event.resumed_from_step)
-            self.progress.setFormat(f"step {event.resumed_from_step} / {event.total_steps}")
-            resumed = (f", resumed at step {event.resumed_from_step}"
-                       if event.resumed_from_step else "")
-            self.status.setText(f"Training in {event.run_dir}{resumed}")
-            self._log("info", f"started: {event.total_steps} steps in {event.run_dir}{resumed}")
+            self._started(event)
         elif isinstance(event, Progress):
-            self.step, self.total = event.step, event.total
-            self.progress.setRange(0, max(1, event.total))
-            self.progress.setValue(event.step)
-            self.progress.setFormat(
-                f"step {event.step} / {event.total} · epoch {event.epoch} · "
-                f"{event.it_per_s:.2f} it/s · {format_seconds(event.eta_s)} left")
+            self.step, self.total, self.last_progress = event.step, event.total, event
+            self._show_progress()
         elif isinstance(event, Loss):
             self.plot.add(event.step, event.loss, event.lr)
         elif isinstance(event, Sample):
@@ -115,15 +166,10 @@ class RunMonitor(QWidget):
             self._log("info", f"saved {event.kind} at step {event.step}: {event.path}")
             self.saved.emit(event)
         elif isinstance(event, Finished):
-            self.outcome = event
-            self.progress.setValue(self.progress.maximum() if event.step >= self.total
-                                   else event.step)
-            early = "" if event.step >= self.total else f" (stopped early at step {event.step})"
-            self.status.setText(f"Finished{early}. LoRA file: {event.path}")
-            self._log("info", f"finished at step {event.step}: {event.path}")
-            self.finished.emit(event)
+            self._finished(event)
         elif isinstance(event, Failed):
-            self.outcome = event
+            self.outcome, self.paused = event, False
+            self.progress.setFormat(f"step {self.step} / {self.total} · stopped")
             hint = f"\n{event.hint}" if event.hint else ""
             self.status.setText(f"Training stopped: {event.message}{hint}")
             set_tone(self.status, ERROR)

@@ -1,0 +1,172 @@
+"""What the Run and Export views show: a resumed run's curve (replayed and live), the paused
+progress text, the learning-rate axis, fresh axes for a new run, the final speed, the export's
+path and its replace question, the Network count with the text encoder, the gallery following
+its newest row and the zoom view's caption.
+
+The widgets are built on their own (a Binder where they need the config): no MainWindow, no job.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtWidgets import QLabel
+
+import app.exporter as exporter_module
+from app.binding import Binder
+from app.exporter import Exporter
+from app.gallery import Gallery
+from app.model_info import describe_model
+from app.run_monitor import RunMonitor
+from app.section_network import NetworkSection
+from trainer.events import (
+    EventLog,
+    Finished,
+    Loss,
+    Progress,
+    Sample,
+    Started,
+    read_events,
+)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_BASE = ASSETS / "demo" / "base"
+
+
+def png(colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def first_run_loss(step: int) -> float:
+    return 1.0 / step
+
+
+def resumed_loss(step: int) -> float:
+    return 0.5 / step
+
+
+def write_first_run(log: EventLog, run_dir: Path, until: int) -> None:
+    """A run of 80 steps killed at `until`, after its last checkpoint (at step 60)."""
+    log.write(Started(str(run_dir), 80))
+    for step in range(1, until + 1):
+        log.write(Loss(step, first_run_loss(step), 1e-4))
+        log.write(Progress(step, 80, 0, 4.0, (80 - step) / 4))
+    log.write(Sample(50, "a red circle", 1, 1.0, png_bytes=png()))
+
+
+def expected_smoothing(losses: list[float]) -> list[float]:
+    """The debiased moving average the plot draws, computed from scratch."""
+    ema, out = 0.0, []
+    for count, loss in enumerate(losses, start=1):
+        ema = 0.9 * ema + 0.1 * loss
+        out.append(ema / (1 - 0.9 ** count))
+    return out
+
+
+@pytest.fixture
+def monitor(qtbot) -> RunMonitor:
+    widget = RunMonitor()
+    qtbot.addWidget(widget)
+    return widget
+
+
+def test_a_reopened_resumed_run_plots_each_step_once(monitor, tmp_path: Path) -> None:
+    run_dir = tmp_path / "resumed"
+    log = EventLog(run_dir)
+    write_first_run(log, run_dir, until=65)  # 61-65 are trained again after the resume
+    log.write(Started(str(run_dir), 80, resumed_from_step=60))
+    for step in range(61, 81):
+        log.write(Loss(step, resumed_loss(step), 1e-4))
+    log.write(Finished(str(run_dir / "my_lora.safetensors"), 80))
+    log.close()
+    monitor.feed(read_events(run_dir, load_images=True))  # what File > Open run does
+    plot = monitor.plot
+    assert plot.steps == list(range(1, 81))  # no second 61-80, no line back from 80 to 61
+    losses = [first_run_loss(s) for s in range(1, 61)] + [resumed_loss(s) for s in range(61, 81)]
+    assert plot.losses == pytest.approx(losses)
+    assert plot.smoothed == pytest.approx(expected_smoothing(losses))
+    assert plot.raw_curve.getData()[0].tolist() == list(range(1, 81))
+
+
+def test_a_live_resume_shows_the_steps_before_it(monitor, tmp_path: Path) -> None:
+    run_dir = tmp_path / "stopped"
+    log = EventLog(run_dir)
+    write_first_run(log, run_dir, until=62)
+    resumed = Started(str(run_dir), 80, resumed_from_step=60)
+    log.write(resumed)  # the trainer logs it before the window polls it
+    log.close()
+    monitor.reset()  # what Start does before the job's first event
+    monitor.feed([resumed])
+    monitor.feed([Loss(61, resumed_loss(61), 1e-4), Loss(62, resumed_loss(62), 1e-4)])
+    plot = monitor.plot
+    assert plot.steps == list(range(1, 63))
+    assert plot.losses[59:] == pytest.approx([first_run_loss(60), resumed_loss(61),
+                                              resumed_loss(62)])
+    assert (50, "a red circle", 1.0) in monitor.gallery.cells  # the earlier preview too
+    assert monitor.progress.value() == 60
+
+
+def test_the_progress_text_says_paused(monitor) -> None:
+    monitor.feed([Started("run", 80), Progress(12, 80, 0, 4.0, 17.0)])
+    assert "it/s" in monitor.progress.format()
+    monitor.set_paused(True)
+    assert monitor.progress.format() == "step 12 / 80 · paused"
+    monitor.feed([Progress(13, 80, 0, 3.9, 17.0)])  # the step that was running when paused
+    assert monitor.progress.format() == "step 13 / 80 · paused"
+    monitor.set_paused(False)
+    assert monitor.progress.format() == "step 13 / 80 · epoch 0 · 3.90 it/s · 0:17 left"
+
+
+def test_the_final_speed_is_the_one_shown_while_training(monitor) -> None:
+    monitor.feed([Started("run", 20), Progress(19, 20, 2, 3.5, 0.3)])
+    monitor.feed([Progress(20, 20, 2, 4.25, 0.0)])
+    shown = monitor.progress.format()
+    monitor.feed([Finished("run/my_lora.safetensors", 20)])
+    assert "4.25 it/s" in shown
+    assert monitor.progress.format() == "step 20 / 20 · finished · 4.25 it/s"
+
+
+def test_a_constant_learning_rate_gets_a_readable_axis(qtbot, monitor) -> None:
+    monitor.show()
+    monitor.feed([Started("run", 40)] + [Loss(s, 0.3 / s, 1e-4) for s in range(1, 41)])
+    plot = monitor.plot
+    plot._draw()
+    low, high = plot.lr_view.viewRange()[1]
+    assert low == pytest.approx(0.0) and high == pytest.approx(2e-4)
+    assert "(x" not in plot.plot.getPlotItem().getAxis("right").labelString()
+
+
+def test_a_new_run_starts_on_fresh_axes(qtbot, monitor) -> None:
+    monitor.show()
+    qtbot.waitExposed(monitor)
+    monitor.feed([Started("run", 1000)] + [Loss(s, 0.3 / s, 1e-3 / s) for s in range(1, 1001)])
+    monitor.plot._draw()
+    view = monitor.plot.plot.getPlotItem().vb
+    view.setXRange(500, 900)  # the user zoomed in on the end of that run
+    monitor.reset()
+    assert view.viewRange()[0][1] < 500
+    monitor.feed([Started("run", 5)] + [Loss(s, 0.2, 1e-4) for s in range(1, 6)])
+    monitor.plot._draw()
+    qtbot.waitUntil(lambda: 4 < view.viewRange()[0][1] < 10, timeout=3000)
+    assert monitor.plot.lr_view.viewRange()[1][1] == pytest.approx(2e-4)
+
+
+def network_section(qtbot, model: Path) -> NetworkSection:
+    binder = Binder()
+    section = NetworkSection(binder)
+    qtbot.addWidget(section)
+    binder.config.model.path = model
+    section.set_model_info(describe_model(model))
+    return section
+
+
+def add_row(gallery: Gallery, step: int) -> None:
+    for scale in (0.0, 0.8):
+        assert gallery.add(Sample(step, "a red circle", 1, scale, png_bytes=png()))
+
