@@ -2,17 +2,21 @@
 (app.verify_report: one row per check) above the export's full output.
 
 The export needs torch, so it runs `python -m trainer.cli export ...` as a child process
-(QProcess): the window never loads torch and never waits on it.
+(QProcess): the window never loads torch and never waits on it. An existing file (the run's own
+LoRA, an earlier export) is replaced only after a question naming it; a finished export says
+where the file is and offers to show its folder.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QProcess, Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtCore import QProcess, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit,
+                               QPushButton, QVBoxLayout, QWidget)
 
 from app.binding import Binder
 from app.verify_report import CheckList
@@ -61,6 +65,8 @@ class Exporter(QWidget):
         self.run_dir: Path | None = None
         self.process: QProcess | None = None
         self.out: Path | None = None
+        # replaceable, like `ask_replace`, so that tests open no file manager
+        self.open_url: Callable[[QUrl], bool] = QDesktopServices.openUrl
         self.checkpoint = QComboBox()
         self.checkpoint.setToolTip("Which saved step to export; an earlier one may look better "
                                    "than the last if the LoRA overcooked.")
@@ -71,6 +77,13 @@ class Exporter(QWidget):
         self.where = QLabel("Open or finish a run to export one of its checkpoints.")
         self.where.setTextFormat(Qt.PlainText)
         self.where.setWordWrap(True)
+        self.result = QLabel()
+        self.result.setTextFormat(Qt.PlainText)
+        self.result.setWordWrap(True)
+        self.result.setTextInteractionFlags(Qt.TextSelectableByMouse)  # the path can be copied
+        self.show_button = QPushButton("Show in folder")
+        self.show_button.setToolTip("Open the folder that holds the exported file.")
+        self.show_button.clicked.connect(self.show_in_folder)
         self.checks = CheckList()
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
@@ -84,8 +97,13 @@ class Exporter(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.where)
         layout.addLayout(row)
+        done = QHBoxLayout()
+        done.addWidget(self.result, 1)
+        done.addWidget(self.show_button)
+        layout.addLayout(done)
         layout.addWidget(self.checks)
         layout.addWidget(self.report)
+        self._show_result("", ready=False)
         self.set_run_dir(None)
 
     def set_run_dir(self, run_dir: Path | str | None) -> None:
@@ -109,11 +127,41 @@ class Exporter(QWidget):
         return folder / (f"{output.name}.safetensors" if latest else
                          f"{output.name}-step{step}.safetensors")
 
+    def ask_replace(self, path: Path) -> bool:
+        """Whether to write over an existing file (a question naming it; Keep is the default).
+        Tests replace this method, as they do MainWindow.ask_close."""
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Question)
+        box.setWindowTitle("Replace the file?")
+        box.setText(f"{path.name} already exists in {path.parent}.\n"
+                    "Replace it with the export of this checkpoint?")
+        replace = box.addButton("Replace", QMessageBox.AcceptRole)
+        box.setDefaultButton(box.addButton("Keep the file", QMessageBox.RejectRole))
+        box.exec()
+        return box.clickedButton() is replace
+
+    def show_in_folder(self) -> bool:
+        """Open the exported file's folder in the system's file manager."""
+        if self.out is None:
+            return False
+        return self.open_url(QUrl.fromLocalFile(str(self.out.parent)))
+
+    def _show_result(self, text: str, ready: bool) -> None:
+        self.result.setText(text)
+        self.result.setVisible(bool(text))
+        self.show_button.setVisible(ready)
+
     def export(self) -> bool:
+        """Start the export of the chosen checkpoint; False when nothing started (no
+        checkpoint, an export running, or the user kept the existing file)."""
         out = self.target()
         if out is None or self.process is not None:
             return False
+        if out.exists() and not self.ask_replace(out):
+            self._show_result(f"Not exported: {out} was kept as it is.", ready=False)
+            return False
         self.out = out
+        self._show_result("", ready=False)
         self.checks.clear()
         self.report.setPlainText(f"Exporting to {out} ...\n")
         self.process = QProcess(self)
@@ -134,8 +182,13 @@ class Exporter(QWidget):
     def _done(self, code: int, status) -> None:
         self._read()
         self.checks.show_report(self.report.toPlainText())
-        self.report.appendPlainText("Done: the file is ready." if code == 0 else
-                                    f"Export failed (exit code {code}); see above.")
+        if code == 0:
+            self._show_result(f"Done: the LoRA file is ready at {self.out}", ready=True)
+            self.report.appendPlainText(f"Done: the LoRA file is ready at {self.out}")
+        else:
+            self._show_result(f"Export failed (exit code {code}); the output below says why.",
+                              ready=False)
+            self.report.appendPlainText(f"Export failed (exit code {code}); see above.")
         self.process = None
         self.button.setEnabled(self.checkpoint.count() > 0)
         self.finished.emit(code, str(self.out))

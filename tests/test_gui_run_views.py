@@ -157,6 +157,35 @@ def test_a_new_run_starts_on_fresh_axes(qtbot, monitor) -> None:
     assert monitor.plot.lr_view.viewRange()[1][1] == pytest.approx(2e-4)
 
 
+def test_export_asks_before_replacing_and_says_where_the_file_is(qtbot, tmp_path, monkeypatch) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "step-000020").mkdir(parents=True)
+    own = run_dir / "my_lora.safetensors"  # the LoRA the run itself wrote
+    own.write_bytes(b"the run's own file")
+    script = ("import sys; open(sys.argv[1], 'wb').write(b'exported'); "
+              "print('LoRA written to', sys.argv[1])")
+    monkeypatch.setattr(exporter_module, "export_arguments",
+                        lambda binder, checkpoint, out: ["-c", script, str(out)])
+    exporter = Exporter(Binder())
+    qtbot.addWidget(exporter)
+    exporter.set_run_dir(run_dir)
+    asked: list[Path] = []
+    exporter.ask_replace = lambda path: asked.append(path) is not None  # "Keep the file"
+    assert not exporter.export()
+    assert asked == [own] and own.read_bytes() == b"the run's own file"
+    assert str(own) in exporter.result.text() and not exporter.show_button.isVisibleTo(exporter)
+    exporter.ask_replace = lambda path: True
+    assert exporter.export()
+    qtbot.waitUntil(lambda: exporter.process is None, timeout=10000)
+    assert own.read_bytes() == b"exported"
+    assert exporter.result.text() == f"Done: the LoRA file is ready at {own}"
+    assert exporter.show_button.isVisibleTo(exporter)
+    opened: list[QUrl] = []
+    exporter.open_url = lambda url: opened.append(url) is None
+    qtbot.mouseClick(exporter.show_button, Qt.LeftButton)
+    assert opened == [QUrl.fromLocalFile(str(run_dir))]
+
+
 def network_section(qtbot, model: Path) -> NetworkSection:
     binder = Binder()
     section = NetworkSection(binder)
