@@ -1,6 +1,10 @@
-"""The Network section: rank, alpha, dropout, which attention layers get a LoRA, and the count."""
+"""The Network section: rank, alpha, dropout, which attention layers get a LoRA, and the count
+(the U-Net's layers, and the text encoders' when their LoRA is trained)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLineEdit, QPlainTextEdit, QPushButton,
@@ -13,7 +17,7 @@ from app.model_info import (AttentionBlock, ModelDescription, lora_parameter_cou
                             known_layout, selected_modules, tree_blocks)
 from trainer.config import TARGET_PATTERN, NetworkConfig
 from trainer.families import get_family
-from trainer.families.lora_names import unet_kohya_names
+from trainer.families.lora_names import kohya_name, unet_kohya_names
 
 ROLES = {"down": "Down blocks shape the coarse layout and composition.",
          "mid": "The middle block holds the most abstract, lowest-resolution features.",
@@ -30,6 +34,10 @@ TARGET_PRESETS = {
     "self-attention only": (["down", "mid", "up"], ["attn1"], ALL_PROJECTIONS),
 }
 NETWORK_DEFAULTS = NetworkConfig()
+# what a text-encoder LoRA adapts in each CLIP layer (the trainer's TEXT_ENCODER_TARGET)
+TEXT_ENCODER_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+CLIP_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers")
+BYTES_PER_PARAMETER = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
 def as_settings(entries: list[str]) -> dict[str, list[str] | None]:
@@ -48,6 +56,46 @@ def as_settings(entries: list[str]) -> dict[str, list[str] | None]:
                 "projections": projections}
     return {"targets": list(entries), "blocks": NETWORK_DEFAULTS.blocks,
             "attention": NETWORK_DEFAULTS.attention, "projections": NETWORK_DEFAULTS.projections}
+
+
+def text_encoder_config(family: str, component: str, model_path: Path | None) -> dict:
+    """A text encoder's shape config: the model folder's own (the demo's tiny CLIP differs
+    from its family's), else the family's bundled one (a single checkpoint file of a family
+    always has the family's text encoders)."""
+    own = Path(model_path) / component / "config.json" if model_path else None
+    if own is not None and own.is_file():
+        try:
+            data = json.loads(own.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict) and all(isinstance(data.get(k), int) for k in CLIP_SHAPE_KEYS):
+            return data
+    return get_family(family).config(component)
+
+
+def text_encoder_modules(family: str, model_path: Path | None) -> list[tuple[str, int, int]]:
+    """(kohya name, in features, out features) of every text-encoder layer a text-encoder
+    LoRA adapts: q/k/v/out of self-attention and both MLP layers, in every CLIP layer of
+    every text encoder of the family (SDXL: both)."""
+    modules = []
+    for spec in get_family(family).text_encoders:
+        config = text_encoder_config(family, spec.component, model_path)
+        width, inner = config["hidden_size"], config["intermediate_size"]
+        for layer in range(config["num_hidden_layers"]):
+            path = f"text_model.encoder.layers.{layer}"
+            shapes = [(f"self_attn.{name}", width, width) for name in TEXT_ENCODER_ATTENTION]
+            shapes += [("mlp.fc1", width, inner), ("mlp.fc2", inner, width)]
+            modules += [(kohya_name(spec.kohya_prefix, f"{path}.{name}"), fan_in, fan_out)
+                        for name, fan_in, fan_out in shapes]
+    return modules
+
+
+def size_text(size: int) -> str:
+    """A file size in the unit that reads best: '900 bytes', '340 KB', '9.6 MB', '1.2 GB'."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if round(size / scale, 1) >= 1:  # 999,990 bytes reads "1.0 MB", not "1000 KB"
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 1e3:.0f} KB" if round(size / 1e3) >= 1 else f"{size} bytes"
 
 
 def block_label(block: AttentionBlock) -> str:
@@ -218,6 +266,7 @@ class NetworkSection(Page):
         modules.row("", self.module_list)
         self.body.addWidget(modules)
         self.modules: list = []
+        self.text_modules: list[tuple[str, int, int]] = []  # the picked model's, when trained
         self.row("Text encoder", binder.field(
             QCheckBox("also train a LoRA on the text encoder"), "network", "train_text_encoder",
             "Also adapts how prompts are read. Helps characters; needs more memory."))
@@ -250,6 +299,8 @@ class NetworkSection(Page):
         """A model was picked (or cleared): show its blocks in the tree, recount."""
         self.info = info
         self.known = known_layout(info)
+        self.text_modules = (text_encoder_modules(info.family, self.binder.config.model.path)
+                             if info.family else [])
         two_encoders = bool(info.family) and len(get_family(info.family).text_encoders) > 1
         self.form.setRowVisible(self.te2_rate, two_encoders)
         family, blocks = tree_blocks(info)
@@ -324,6 +375,7 @@ class NetworkSection(Page):
             network = self.binder.config.network
             self.scale.setText(f"{network.alpha:g} / {network.rank} = "
                                f"{network.alpha / network.rank:.3g}")
+        if key in ("*", "output.save_precision") or key.startswith("network."):
             self._update_count()
         self._show_tree_error()
 
@@ -337,16 +389,21 @@ class NetworkSection(Page):
             self._show_layout_note()
             return
         modules = selected_modules(self.info.unet_config, network)
-        params = lora_parameter_count(modules, network.rank)
+        text_modules = self.text_modules if network.train_text_encoder else []
+        params = lora_parameter_count(modules + text_modules, network.rank)
         self.modules = modules
         # the names the file will hold (SDXL: kohya's SGM paths), as the trainer writes them
         names = unet_kohya_names(get_family(self.info.family or "sd1"), self.info.unet_config,
                                  [name for name, _, _ in modules])
+        named = [(names[name], fan_in, fan_out) for name, fan_in, fan_out in modules]
         self.module_list.setPlainText("\n".join(
-            f"{names[name]}  ({fan_in} -> {fan_out}, {network.rank * (fan_in + fan_out):,} "
-            "parameters)" for name, fan_in, fan_out in modules))
-        self.count.setText(f"{len(modules)} U-Net modules, {params:,} trainable parameters "
-                           f"(about {params * 2 / 1e6:.1f} MB at fp16)")
+            f"{name}  ({fan_in} -> {fan_out}, {network.rank * (fan_in + fan_out):,} "
+            "parameters)" for name, fan_in, fan_out in named + text_modules))
+        text = f" + {len(text_modules)} text-encoder modules" if text_modules else ""
+        precision = self.binder.config.output.save_precision
+        size = size_text(params * BYTES_PER_PARAMETER[precision])
+        self.count.setText(f"{len(modules)} U-Net modules{text}, {params:,} trainable "
+                           f"parameters (about {size} at {precision})")
         self._show_layout_note()
 
     def _show_layout_note(self) -> None:

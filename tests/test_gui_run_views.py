@@ -195,6 +195,36 @@ def network_section(qtbot, model: Path) -> NetworkSection:
     return section
 
 
+def test_the_network_count_includes_the_text_encoder(qtbot, tmp_path: Path) -> None:
+    model = tmp_path / "model"  # SD 1.x settings without a text_encoder folder: CLIP-L's shapes
+    (model / "unet").mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    (model / "unet" / "config.json").write_text((ASSETS / "sd15" / "unet" / "config.json").read_text())
+    section = network_section(qtbot, model)
+    assert section.count.text().startswith("128 U-Net modules, 3,188,736 trainable parameters")
+    section.binder.set_value("network", "train_text_encoder", True)
+    # 12 CLIP layers x (q, k, v, out 768->768, fc1 768->3072, fc2 3072->768), rank 16
+    text_encoder = 12 * 16 * (4 * (768 + 768) + 2 * (768 + 3072))
+    assert section.count.text() == (
+        f"128 U-Net modules + 72 text-encoder modules, {3_188_736 + text_encoder:,} trainable "
+        "parameters (about 11.7 MB at fp16)")
+    assert "lora_te_text_model_encoder_layers_11_mlp_fc2  (3072 -> 768" in \
+        section.module_list.toPlainText()
+
+
+def test_a_small_network_is_sized_in_kilobytes(qtbot) -> None:
+    section = network_section(qtbot, DEMO_BASE)  # the demo's tiny model and tiny CLIP
+    section.binder.set_value("network", "rank", 4)
+    section.binder.set_value("network", "train_text_encoder", True)
+    text = section.count.text()
+    assert "0.0 MB" not in text and text.endswith(" KB at fp16)"), text
+    modules = section.modules
+    unet = sum(4 * (fan_in + fan_out) for _, fan_in, fan_out in modules)
+    text_encoder = 2 * 4 * (4 * (64 + 64) + 2 * (64 + 128))  # 2 layers, 64 wide, MLP 128
+    assert f"{unet + text_encoder:,} trainable parameters" in text
+    assert f"about {round((unet + text_encoder) * 2 / 1000)} KB" in text
+
+
 def add_row(gallery: Gallery, step: int) -> None:
     for scale in (0.0, 0.8):
         assert gallery.add(Sample(step, "a red circle", 1, scale, png_bytes=png()))
