@@ -1,5 +1,6 @@
 """The sample gallery: rows = steps, columns = prompts, the strength-0 baseline beside the LoRA
-image. Click an image to see it large; right-click to use it as the cover image."""
+image. Click an image to see it large; right-click to use it as the cover image. The view
+follows the newest row while it is scrolled to the bottom; scrolled up, it stays put."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from app.colours import MUTED, set_tone
 from trainer.events import Sample
 
 THUMB = 128
+FOLLOW_SLACK_PX = 8  # this close to the bottom still counts as "at the newest row"
+
+
+def strength_text(scale: float) -> str:
+    """'without LoRA (strength 0)' or 'LoRA strength 0.8'."""
+    return "without LoRA (strength 0)" if scale == 0 else f"LoRA strength {scale:g}"
 
 
 class Thumb(QLabel):
@@ -22,8 +29,8 @@ class Thumb(QLabel):
         super().__init__()
         self.sample, self.full = sample, pixmap
         self.setPixmap(pixmap.scaled(THUMB, THUMB, Qt.KeepAspectRatio, Qt.SmoothTransformation))
-        strength = "without LoRA" if sample.scale == 0 else f"LoRA strength {sample.scale:g}"
-        self.setToolTip(f"step {sample.step} · {strength} · seed {sample.seed}\n{sample.prompt}")
+        self.setToolTip(f"step {sample.step} · {strength_text(sample.scale)} · seed "
+                        f"{sample.seed}\n{sample.prompt}")
         self.setCursor(Qt.PointingHandCursor)
 
     def mousePressEvent(self, event) -> None:  # noqa: N802 - Qt's name
@@ -47,9 +54,22 @@ class Gallery(QScrollArea):
         self.grid = QGridLayout(self.inner)
         self.grid.setAlignment(Qt.AlignTop | Qt.AlignLeft)
         self.setWidget(self.inner)
+        bar = self.verticalScrollBar()
+        bar.valueChanged.connect(self._scrolled)
+        bar.rangeChanged.connect(self._grown)
         self.clear()
 
+    def _scrolled(self, value: int) -> None:
+        # the user scrolling up stops the following; scrolling back to the bottom resumes it
+        self.following = value >= self.verticalScrollBar().maximum() - FOLLOW_SLACK_PX
+
+    def _grown(self, _minimum: int, maximum: int) -> None:
+        # a new row makes the page taller after the layout runs: move along with it then
+        if self.following:
+            self.verticalScrollBar().setValue(maximum)
+
     def clear(self) -> None:
+        """Remove every image and header; the next run's rows are followed again."""
         while self.grid.count():
             item = self.grid.takeAt(0)
             if item.widget():
@@ -57,6 +77,7 @@ class Gallery(QScrollArea):
         self.prompts: list[str] = []
         self.steps: list[int] = []
         self.cells: dict[tuple[int, str, float], Thumb] = {}
+        self.following = True
 
     def _column(self, prompt: str, scale: float) -> int:
         if prompt not in self.prompts:
@@ -100,16 +121,18 @@ class Gallery(QScrollArea):
         return True
 
     def enlarge(self, thumb: Thumb) -> QDialog:
+        """The image large, with its step, strength, seed and prompt under it (the title bar
+        alone may not show: some window managers hide it, and it is easy to overlook)."""
         dialog = QDialog(self)
         sample = thumb.sample
-        strength = "without LoRA" if sample.scale == 0 else f"LoRA strength {sample.scale:g}"
+        strength = strength_text(sample.scale)
         dialog.setWindowTitle(f"Step {sample.step} - {strength}")
         layout = QVBoxLayout(dialog)
         image = QLabel()
         image.setPixmap(thumb.full.scaled(max(512, thumb.full.width()), max(512, thumb.full.height()),
                                           Qt.KeepAspectRatio, Qt.SmoothTransformation))
         layout.addWidget(image)
-        caption = QLabel(f"{sample.prompt}\nseed {sample.seed}")
+        caption = QLabel(f"step {sample.step} · {strength} · seed {sample.seed}\n{sample.prompt}")
         caption.setTextFormat(Qt.PlainText)
         caption.setWordWrap(True)
         layout.addWidget(caption)

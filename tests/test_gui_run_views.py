@@ -229,3 +229,38 @@ def add_row(gallery: Gallery, step: int) -> None:
     for scale in (0.0, 0.8):
         assert gallery.add(Sample(step, "a red circle", 1, scale, png_bytes=png()))
 
+
+def test_the_gallery_follows_the_newest_row_until_scrolled_up(qtbot) -> None:
+    gallery = Gallery()
+    qtbot.addWidget(gallery)
+    gallery.resize(420, 300)
+    gallery.show()
+    qtbot.waitExposed(gallery)
+    bar = gallery.verticalScrollBar()
+    for step in range(10, 70, 10):
+        add_row(gallery, step)
+    qtbot.waitUntil(lambda: bar.maximum() > 0 and bar.value() == bar.maximum(), timeout=3000)
+    bar.setValue(0)  # the user scrolls up to an early row
+    before = bar.maximum()
+    add_row(gallery, 70)
+    qtbot.waitUntil(lambda: bar.maximum() > before, timeout=3000)
+    assert bar.value() == 0
+    bar.setValue(bar.maximum())  # back at the bottom: following again
+    before = bar.maximum()
+    add_row(gallery, 80)
+    qtbot.waitUntil(lambda: bar.maximum() > before and bar.value() == bar.maximum(), timeout=3000)
+
+
+def test_the_zoom_view_names_the_step_and_the_strength(qtbot) -> None:
+    gallery = Gallery()
+    qtbot.addWidget(gallery)
+    add_row(gallery, 30)
+    dialog = gallery.enlarge(gallery.cells[(30, "a red circle", 0.8)])
+    texts = [label.text() for label in dialog.findChildren(QLabel)]
+    assert any("step 30" in text and "LoRA strength 0.8" in text for text in texts), texts
+    dialog.close()
+    baseline = gallery.enlarge(gallery.cells[(30, "a red circle", 0.0)])
+    assert any("without LoRA (strength 0)" in label.text()
+               for label in baseline.findChildren(QLabel))
+    baseline.close()
+
