@@ -63,6 +63,9 @@ class Binder(QObject):
         self.config = config or TrainConfig()
         self.bindings: list[Binding] = []
         self.errors: dict[str, str] = {}
+        # "section.name" -> f(new value) -> {other field of that section: value} to set with
+        # it, checked together (the bucket range moving along with the resolution)
+        self.companions: dict[str, Callable[[Any], dict[str, Any]]] = {}
         self._loading = False
 
     # -- building -------------------------------------------------------------------------
@@ -126,8 +129,12 @@ class Binder(QObject):
         target = getattr(self.config, section)
         old = getattr(target, name)
         key = f"{section}.{name}"
+        along = self.companions[key](value) if key in self.companions else {}
         try:
-            setattr(target, name, value)
+            if along:
+                self._set_together(target, {**along, name: value})
+            else:
+                setattr(target, name, value)
         except ValidationError as error:
             target.__dict__[name] = old  # a section-wide check may have assigned before failing
             lines = describe_validation_error(error).splitlines()
@@ -135,21 +142,37 @@ class Binder(QObject):
             self._set_error(key, message)
             return False
         self._set_error(key, "")
+        for other, other_value in along.items():
+            self._show(f"{section}.{other}", other_value)
+            self._set_error(f"{section}.{other}", "")
+            self.changed.emit(f"{section}.{other}")
         self.changed.emit(key)
         return True
+
+    @staticmethod
+    def _set_together(target: Any, values: dict[str, Any]) -> None:
+        """Assign several fields of one section as one change: the section is checked as a
+        whole with all of them (one by one, each would fail the range check in between)."""
+        checked = type(target).model_validate({**target.model_dump(), **values})
+        for name in values:
+            target.__dict__[name] = getattr(checked, name)
+
+    def _show(self, key: str, value: Any) -> None:
+        """The widgets bound to `key` show `value` without committing it again."""
+        self._loading = True
+        try:
+            for binding in self.bindings:
+                if binding.key == key:
+                    binding.put(value)
+        finally:
+            self._loading = False
 
     def set_and_show(self, section: str, name: str, value: Any) -> bool:
         """`set_value`, and the widgets bound to the field show the new value (for a change
         the window makes on the user's behalf, such as the resolution following the model)."""
         if not self.set_value(section, name, value):
             return False
-        self._loading = True  # the widget's own signal must not commit it a second time
-        try:
-            for binding in self.bindings:
-                if binding.key == f"{section}.{name}":
-                    binding.put(value)
-        finally:
-            self._loading = False
+        self._show(f"{section}.{name}", value)
         return True
 
     def _set_error(self, key: str, message: str) -> None:

@@ -8,6 +8,7 @@ MAX_LINES of them one line says how many more there are (the window stays quick 
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,14 +25,29 @@ ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 500
 
 
+def _figures(output: str) -> dict | None:
+    """The JSON object `validate --json` prints last (library notices may come before it)."""
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
 class HealthReport(QWidget):
     done = Signal(int)  # how many files were skipped
+    # The scan's figures (trainer.data.report.report_counts), or None when it failed: the
+    # folder table and the step calculator show these, so every count is the trainer's.
+    counted = Signal(object)
 
     def __init__(self, binder: Binder) -> None:
         super().__init__()
         self.binder = binder
         self.process: QProcess | None = None
         self.skipped: list[str] = []
+        self.counts: dict | None = None  # the last scan's figures
         self.button = QPushButton("Check dataset")
         self.button.setToolTip("Scan the folders the way training will, and list every file "
                                "that can't be used and why.")
@@ -54,11 +70,21 @@ class HealthReport(QWidget):
         self._later.setInterval(600)
         self._later.timeout.connect(self.check)
         binder.changed.connect(self._maybe_recheck)
+        self._later.start()  # the config the window starts with is checked too
 
     def _maybe_recheck(self, key: str) -> None:
         if key in ("*", "dataset.folders", "dataset.caption_extension", "dataset.min_image_side",
                    "dataset.resolution", "dataset.enable_bucket", "dataset.batch_size"):
             self._later.start()
+
+    @property
+    def pending(self) -> bool:
+        """A check is due (an edit a moment ago) or running."""
+        return self._later.isActive() or self.process is not None
+
+    def check_soon(self) -> None:
+        """Check again a moment from now (edits come in bursts; one scan covers them)."""
+        self._later.start()
 
     def check(self) -> bool:
         if self.process is not None:
@@ -75,14 +101,17 @@ class HealthReport(QWidget):
         self.process.setProcessChannelMode(QProcess.MergedChannels)
         self.process.finished.connect(self._show)
         self.summary.setText("Checking...")
+        self.counted.emit(None)  # counting again: the figures shown so far may be stale
         self.button.setEnabled(False)
-        self.process.start(sys.executable, ["-m", "trainer.cli", "validate", "--config",
-                                            str(self._config_file)])
+        self.process.start(sys.executable, ["-m", "trainer.cli", "validate", "--json",
+                                            "--config", str(self._config_file)])
         return True
 
     def _show(self, code: int, status) -> None:
-        text = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        output = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
         self.process = None
+        counts = _figures(output)
+        text = counts.pop("report") if counts else output  # else an error, said in words
         self.button.setEnabled(True)
         self._config_file.unlink(missing_ok=True)
         self.lines.clear()
@@ -107,12 +136,14 @@ class HealthReport(QWidget):
                 item.setData(Qt.UserRole, ERROR)
             self.lines.addItem(item)
         if self.lines.count() == MAX_LINES:
-            self.lines.addItem(f"... {len(lines) - MAX_LINES:,} more lines: run "
-                               "`lora-train validate` with these settings to see them all")
+            self.lines.addItem(f"... {len(lines) - MAX_LINES:,} more lines: save the settings "
+                               "and run `lora-train validate --config FILE` to see them all")
         first = text.strip().splitlines()[0] if text.strip() else f"the check failed ({code})"
         self.summary.setText(first + (f" - {len(self.skipped)} file(s) skipped"
                                       if self.skipped else ""))
         self.done.emit(len(self.skipped))
+        self.counts = counts
+        self.counted.emit(counts)
 
     def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         if event.type() in (QEvent.PaletteChange, QEvent.ApplicationPaletteChange):

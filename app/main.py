@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, Qt
+from PySide6.QtCore import QEvent, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QHBoxLayout, QListWidget, QMainWindow,
                                QMessageBox, QStackedWidget, QVBoxLayout, QWidget)
@@ -18,15 +18,16 @@ from app.binding import Binder
 from app.colours import refresh_tones, use_style
 from app.demo_offer import DemoBanner, demo_available, demo_config
 from app.loss_plot import preload_in_background
-from app.session import load_session, recent_files, remember_file, save_session, settings
+from app.session import load_session, recent_files, save_session, settings
+from app.settings_files import SettingsFiles, user_presets
 from app.section_network import NetworkSection
 from app.section_run import RunSection
 from app.sections_setup import DatasetSection, ModelSection
 from app.sections_training import ExportSection, SamplesSection, TrainingSection
 from trainer.config import TrainConfig
-from trainer.config_io import (ConfigError, build_config, list_presets, load_config_data,
-                               preset_path, save_config)
+from trainer.config_io import list_presets
 
+SAVE_DELAY_MS = 500
 SECTIONS = ("Dataset", "Base model", "Network", "Training", "Samples", "Run", "Export")
 
 
@@ -77,11 +78,23 @@ class MainWindow(QMainWindow):
         outer.addLayout(layout, 1)
         self.setCentralWidget(central)
         self.config_path: Path | None = None
+        self._closing = False  # Quit was answered "Stop and save": the next Quit kills
+        self.demo: tuple[TrainConfig, TrainConfig] | None = None  # (demo's config, the one before)
+        self.files = SettingsFiles(self)
         self._build_menus()
         if remember:
             runs = settings().value("runs_folder", "")
             if runs:
                 self.run.runs_folder.setText(str(runs))
+        # The session is saved as it changes (atomically, a moment after the last edit), so a
+        # force-quit or a crash loses nothing; closing saves it once more.
+        self._save_later = QTimer(self)
+        self._save_later.setSingleShot(True)
+        self._save_later.setInterval(SAVE_DELAY_MS)
+        self._save_later.timeout.connect(self.save_session_now)
+        if remember:
+            self.binder.changed.connect(lambda *_: self._save_later.start())
+            self.run.runs_folder.textChanged.connect(lambda *_: self._save_later.start())
         self.statusBar().showMessage("Ready")
         self.binder.errors_changed.connect(self._show_error_count)
 
@@ -113,29 +126,51 @@ class MainWindow(QMainWindow):
 
     # -- menus -----------------------------------------------------------------------------
     def _build_menus(self) -> None:
+        files = self.files
         file_menu = self.menuBar().addMenu("&File")
-        self._action(file_menu, "Open settings...", self._ask_open_config, QKeySequence.Open)
-        self._action(file_menu, "Save settings as...", self._ask_save_config, QKeySequence.SaveAs)
+        self._action(file_menu, "New project", files.new_project, QKeySequence.New)
+        self._action(file_menu, "Open settings...", files.ask_open, QKeySequence.Open)
+        self._action(file_menu, "Save settings as...", files.ask_save, QKeySequence.SaveAs)
         self.recent_menu = file_menu.addMenu("Recent settings")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         file_menu.addSeparator()
         self._action(file_menu, "Open run folder...", self._ask_open_run, "Ctrl+R")
         file_menu.addSeparator()
         self._action(file_menu, "Quit", self.close, QKeySequence.Quit)
-        presets = self.menuBar().addMenu("&Presets")
-        for name in list_presets():
-            self._action(presets, name, lambda n=name: self.load_preset(n))
-        presets.addSeparator()
-        self._action(presets, "Load preset file...", self._ask_open_config)
-        self._action(presets, "Save as preset...", lambda: self._ask_save_config(only_changes=True))
-        self.presets_menu = presets
+        edit = self.menuBar().addMenu("&Edit")
+        self.undo_action = self._action(edit, "Undo", files.undo, QKeySequence.Undo)
+        self.presets_menu = self.menuBar().addMenu("&Presets")
+        self.fill_presets_menu()
         run_menu = self.menuBar().addMenu("&Run")
         self._action(run_menu, "Start", self.run.start, "Ctrl+Return")
+        self._action(run_menu, "Pause / continue", self.run.toggle_pause, "Ctrl+P")
+        self._action(run_menu, "Sample now", self.run.sample_now, "Ctrl+I")
         self._action(run_menu, "Stop and save", self.run.stop, "Ctrl+.")
         self._action(run_menu, "Add to queue", self.run.add_to_queue)
         self._action(run_menu, "Resume a stopped run...", self._ask_resume)
         help_menu = self.menuBar().addMenu("&Help")
         self._action(help_menu, "Try the demo", self.try_demo).setEnabled(demo_available())
+        self.update_undo()
+
+    def fill_presets_menu(self) -> None:
+        """Built-in presets, then the user's saved ones (Save as preset adds to them)."""
+        menu = self.presets_menu
+        menu.clear()
+        for name in list_presets():
+            self._action(menu, name, lambda n=name: self.load_preset(n))
+        mine = user_presets()
+        if mine:
+            menu.addSeparator()
+            for path in mine:
+                self._action(menu, path.stem, lambda p=path: self.load_preset(str(p)))
+        menu.addSeparator()
+        self._action(menu, "Load preset file...", self.files.ask_load_preset)
+        self._action(menu, "Save as preset...", self.files.ask_save_preset)
+
+    def update_undo(self) -> None:
+        stack = self.files.undo_stack
+        self.undo_action.setEnabled(bool(stack))
+        self.undo_action.setText(f"Undo {stack[-1][0]}" if stack else "Undo")
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
@@ -154,49 +189,37 @@ class MainWindow(QMainWindow):
 
     # -- presets and files -----------------------------------------------------------------
     def try_demo(self) -> None:
-        """The demo's base model, images and settings; the Run section, ready to Start."""
-        self.binder.load(demo_config())
+        """The demo's base model, images and settings; the Run section, ready to Start. The
+        project from before the demo is what the session remembers (Edit > Undo brings it
+        back), so the demo's 64 px settings never become the user's next project."""
+        before = self.binder.config
+        self.files.replace(demo_config(), "Demo")
+        self.demo = (self.binder.config, before)
         self.demo_banner.hide()
         self.show_section("Run")
         self.statusBar().showMessage("Demo loaded: press Start. It trains in a few minutes on a "
-                                     "CPU; the gallery shows each preview with and without the LoRA.")
+                                     "CPU; the gallery shows each preview with and without the "
+                                     "LoRA. Edit > Undo brings back your own settings.")
 
-    def load_preset(self, name: str) -> None:
-        self.load_config_file(preset_path(name), remember=False)
+    @property
+    def project_config(self) -> TrainConfig:
+        """The settings the session remembers: the user's, not the demo's."""
+        if self.demo is not None and self.binder.config is self.demo[0]:
+            return self.demo[1]
+        return self.binder.config
+
+    def load_preset(self, name_or_path: str) -> bool:
+        return self.files.load_preset(name_or_path)
 
     def load_config_file(self, path: Path, remember: bool = True) -> bool:
-        try:
-            config = build_config(load_config_data(Path(path)), source=str(path))
-        except ConfigError as error:
-            box = QMessageBox(QMessageBox.Warning, "Can't load these settings",
-                              f"{path} can't be loaded:\n\n{error}", parent=self)
-            box.setTextFormat(Qt.PlainText)  # values from the file are never rich text
-            self.last_message = box
-            box.open()
-            return False
-        self.binder.load(config)
-        if remember:
-            self.config_path = Path(path)
-            if self.remember:
-                remember_file(Path(path))
-        self.statusBar().showMessage(f"Loaded {path}")
-        return True
+        return self.files.load_file(path, remember=remember)
 
-    def save_config_file(self, path: Path, only_changes: bool = False) -> None:
-        save_config(self.binder.config, Path(path), only_changes=only_changes)
-        if self.remember:
-            remember_file(Path(path))
-        self.statusBar().showMessage(f"Saved {path}")
+    def save_config_file(self, path: Path, only_changes: bool = False) -> Path:
+        return self.files.save(path, only_changes=only_changes)
 
-    def _ask_open_config(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open settings", "", "Settings (*.toml)")
-        if path:
-            self.load_config_file(Path(path))
-
-    def _ask_save_config(self, only_changes: bool = False) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save settings", "", "Settings (*.toml)")
-        if path:
-            self.save_config_file(Path(path), only_changes=only_changes)
+    @property
+    def last_message(self):
+        return self.files.last_message
 
     def _ask_open_run(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a run folder")
@@ -255,20 +278,30 @@ class MainWindow(QMainWindow):
         box.exec()
         return "stop" if box.clickedButton() is stop else "wait"
 
+    def save_session_now(self) -> None:
+        """Remember the settings and the runs folder (a no-op for windows that don't)."""
+        self._save_later.stop()
+        if self.remember:
+            save_session(self.project_config)
+            settings().setValue("runs_folder", self.run.runs_folder.text())
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        if self.run.running:
+        if self.run.running and not self._closing:
             event.ignore()
             if self.ask_close() == "stop":
+                self._closing = True
                 self.run.stop()
-                self.statusBar().showMessage("Stopping: the window closes when the LoRA is saved.")
+                self.statusBar().showMessage("Stopping: the window closes when the LoRA is "
+                                             "saved. Quit again to close at once (the last "
+                                             "checkpoint is kept).")
                 self.run.state_changed.connect(lambda state: self.close() if state in
                                                ("finished", "failed") else None)
             return
+        if self.run.running:  # Quit a second time while stopping: end the trainer now
+            self.run.kill()
         self.dataset.health.stop()
         self.dataset.thumbnails.stop()
-        if self.remember:
-            save_session(self.binder.config)
-            settings().setValue("runs_folder", self.run.runs_folder.text())
+        self.save_session_now()
         event.accept()
 
 

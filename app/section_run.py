@@ -19,6 +19,7 @@ from app.colours import ERROR, set_tone
 from app.run_monitor import RunMonitor
 from trainer.events import Event, read_events
 from trainer.jobs import Job, JobSpec
+from trainer.runs import runs_folder_problem
 
 POLL_MS = 100
 
@@ -59,9 +60,11 @@ class RunSection(QWidget):
         self.queue_button = QPushButton("Add to queue")
         self.queue: list[JobSpec] = []
         tips = {self.start_button: "Start training with these settings (Ctrl+Enter).",
-                self.pause_button: "Pause after the current step; press again to continue.",
+                self.pause_button: "Pause after the current step; press again to continue "
+                                   "(Ctrl+P).",
                 self.stop_button: "Stop after the current step and save the LoRA (Ctrl+.).",
-                self.sample_button: "Make preview images at the next step.",
+                self.sample_button: "Make preview images at the next step, also while paused "
+                                    "(Ctrl+I).",
                 self.save_button: "Save a checkpoint and the LoRA file at the next step.",
                 self.queue_button: "Run these settings after the current run ends (change "
                                    "settings and add again to line up several runs)."}
@@ -73,7 +76,7 @@ class RunSection(QWidget):
         self.start_button.clicked.connect(self.start)
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.stop)
-        self.sample_button.clicked.connect(lambda: self._send("sample_now"))
+        self.sample_button.clicked.connect(self.sample_now)
         self.save_button.clicked.connect(lambda: self._send("save_now"))
         self.queue_button.clicked.connect(self.add_to_queue)
         self.queue_label = QLabel()
@@ -92,6 +95,7 @@ class RunSection(QWidget):
         layout.addWidget(self.monitor, 1)
         binder.errors_changed.connect(self.update_buttons)
         binder.changed.connect(lambda *_: self.update_buttons())
+        self.runs_folder.textChanged.connect(lambda *_: self.update_buttons())
         self.update_buttons()
 
     # -- state -----------------------------------------------------------------------------
@@ -99,8 +103,15 @@ class RunSection(QWidget):
     def running(self) -> bool:
         return self.job is not None and not self.job.done
 
+    def start_problems(self) -> list[str]:
+        """Why a run can't start now: the window's settings, then the runs folder (named
+        before the child starts, not found by it)."""
+        folder = self.runs_folder.text().strip()
+        problem = runs_folder_problem(Path(folder) if folder else default_runs_folder())
+        return self.problems() + ([problem] if problem else [])
+
     def update_buttons(self) -> None:
-        problems = [] if self.running else self.problems()
+        problems = [] if self.running else self.start_problems()
         self.start_button.setEnabled(not self.running and not problems)
         self.reason.setText("Can't start yet: " + problems[0] if problems else "")
         self.reason.setVisible(bool(problems))
@@ -130,7 +141,7 @@ class RunSection(QWidget):
     # -- commands --------------------------------------------------------------------------
     def add_to_queue(self) -> None:
         """Start now when idle, else run these settings (as they are now) after the others."""
-        if self.problems():
+        if self.start_problems():
             return
         if not self.running:
             self.start()
@@ -139,7 +150,7 @@ class RunSection(QWidget):
         self.update_buttons()
 
     def start(self, spec: JobSpec | None = None) -> Job | None:
-        if self.running or (spec is None and self.problems()):
+        if self.running or (spec is None and self.start_problems()):
             return None
         spec = spec or JobSpec.from_config(self.binder.config, self.new_run_dir())
         self.monitor.reset()
@@ -158,9 +169,16 @@ class RunSection(QWidget):
             self.job.send(command)
             self.monitor.log.appendPlainText(f"> {command.replace('_', ' ')}")
 
+    def sample_now(self) -> None:
+        """Previews at the next step boundary; a paused run makes them and stays paused."""
+        self._send("sample_now")
+
     def toggle_pause(self) -> None:
+        if not self.running:
+            return
         self._send("resume" if self.paused else "pause")
         self.paused = not self.paused
+        self.monitor.set_paused(self.paused)
         self.update_buttons()
         self.state_changed.emit("paused" if self.paused else "running")
 
@@ -170,8 +188,15 @@ class RunSection(QWidget):
         if self.paused:
             self._send("resume")
             self.paused = False
+            self.monitor.set_paused(False)
         self._send("stop")
         self.monitor.status.setText("Stopping after this step; the LoRA is being saved...")
+
+    def kill(self) -> None:
+        """End the trainer now (Quit while a stop takes too long); its checkpoints stay."""
+        if self.running:
+            self.job.kill()
+            self.tick()
 
     def tick(self) -> list[Event]:
         if self.job is None:
@@ -191,7 +216,7 @@ class RunSection(QWidget):
 
     def resume(self, run_dir: Path) -> Job | None:
         """Continue a stopped run in its own folder from its newest checkpoint."""
-        if self.running or self.problems():
+        if self.running or self.start_problems():
             return None
         return self.start(JobSpec.from_config(self.binder.config, Path(run_dir),
                                               resume=Path(run_dir)))

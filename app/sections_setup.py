@@ -13,10 +13,10 @@ from app.binding import Binder, combo, spin
 from app.colours import ERROR, NOTE, set_tone
 from app.forms import Folding, Page, plain_label
 from app.health import HealthReport
-from app.thumbnails import FolderCount, ThumbnailGrid, folder_repeats
+from app.thumbnails import ThumbnailGrid
 from app.model_info import (ModelDescription, describe_model, effective, follow_model,
                             native_resolution, prediction_text)
-from trainer.config import DatasetFolder
+from trainer.config import DatasetFolder, bucket_range_for
 from trainer.families import FAMILIES
 
 RESOLUTION_HINT = ", ".join(
@@ -37,14 +37,19 @@ class FolderTable(QTableWidget):
         self.setMaximumHeight(200)
         self.on_change = lambda: None
         self.setAcceptDrops(True)
-        # Counted by the thumbnail grid's listing, in its worker thread (set_counts).
-        self.counts: dict[Path, FolderCount] = {}
+        # Per folder, from the health report's scan (the trainer's own count): usable
+        # images, images seen per epoch, repeats of its subsets.
+        self.counts: dict[str, dict] = {}
 
-    def set_counts(self, counts: dict[Path, FolderCount]) -> None:
-        self.counts = dict(counts)
+    def set_counts(self, folders: dict[str, dict]) -> None:
+        self.counts = dict(folders)
         for row in range(self.rowCount()):
-            count = self.counts.get(Path(self.item(row, 0).text()))
-            self.item(row, 1).setText("…" if count is None else str(count.images))
+            count = self.counts.get(self.item(row, 0).text())
+            self.item(row, 1).setText("…" if count is None else str(count["images"]))
+            repeats = count["repeats"] if count else []
+            # 'auto' says what it means for this folder: 10 for `10_mychar`
+            self.cellWidget(row, 2).setSpecialValueText(
+                f"auto ({', '.join(map(str, repeats))})" if repeats else "auto")
 
     def folders(self) -> list[DatasetFolder]:
         out = []
@@ -56,9 +61,9 @@ class FolderTable(QTableWidget):
 
     def show_folders(self, folders: list[DatasetFolder]) -> None:
         self.setRowCount(0)
-        self.counts.clear()
         for folder in folders:
             self.add_row(folder.path, folder.repeats or 0, notify=False)
+        self.set_counts(self.counts)
 
     def add_row(self, path: Path, repeats: int = 0, notify: bool = True) -> None:
         row = self.rowCount()
@@ -67,8 +72,7 @@ class FolderTable(QTableWidget):
         item.setFlags(item.flags() & ~Qt.ItemIsEditable)
         item.setToolTip(str(path))
         self.setItem(row, 0, item)
-        self.counts.pop(Path(path), None)
-        count = QTableWidgetItem("…")  # until the listing in the background counts it
+        count = QTableWidgetItem("…")  # until the health report's scan counts it
         count.setFlags(count.flags() & ~Qt.ItemIsEditable)
         self.setItem(row, 1, count)
         box = QSpinBox()
@@ -135,6 +139,11 @@ class DatasetSection(Page):
             spin(64, 4096, 64, " px"), "dataset", "resolution",
             "Training image size (a multiple of 64): the base model's native size, "
             f"{RESOLUTION_HINT}. It follows the base model until you change it."))
+        self.bucket_note = plain_label()  # says when the bucket range moved with the resolution
+        self.bucket_note.setObjectName("dataset:bucket_note")
+        set_tone(self.bucket_note, NOTE)
+        self.row("", self.bucket_note)
+        self.form.setRowVisible(self.bucket_note, False)
         self.row("Batch size", binder.field(
             spin(1, 1024), "dataset", "batch_size",
             "Images per step. Higher needs more memory."))
@@ -156,6 +165,10 @@ class DatasetSection(Page):
         more.row("Largest bucket", binder.field(
             spin(64, 8192, 64, " px"), "dataset", "max_bucket_reso", "Largest side of a bucket."))
         self.body.addWidget(more)
+        binder.companions["dataset.resolution"] = lambda value: self._fit_buckets(
+            value, self.binder.config.dataset.enable_bucket)
+        binder.companions["dataset.enable_bucket"] = lambda value: self._fit_buckets(
+            self.binder.config.dataset.resolution, value)
         self.health = HealthReport(binder)
         self.thumbnails = ThumbnailGrid(binder)
         tabs = QTabWidget()
@@ -165,39 +178,59 @@ class DatasetSection(Page):
         self.tabs = tabs
         self.body.addWidget(tabs)
         binder.changed.connect(lambda key: self._update_calculator())
-        self.thumbnails.counted.connect(self._counted)
+        binder.changed.connect(lambda key: key == "*" and self.form.setRowVisible(
+            self.bucket_note, False))  # another file's or preset's sizes are its own
+        self.figures: dict | None = None
+        self.health.counted.connect(self._counted)
+        self.thumbnails.caption_saved.connect(lambda _: self.health.check_soon())
         self._update_calculator()
+
+    def _fit_buckets(self, resolution: object, buckets_on: object) -> dict[str, int]:
+        """The bucket range that moves with a new resolution (or buckets switched on): when
+        the range would not contain the resolution, most images would train at another
+        size, so it becomes the usual range for that resolution, and the note says so."""
+        dataset = self.binder.config.dataset
+        if (not isinstance(resolution, int) or resolution % 64 or not buckets_on
+                or dataset.min_bucket_reso <= resolution <= dataset.max_bucket_reso):
+            return {}
+        low, high = bucket_range_for(resolution)
+        self.bucket_note.setText(
+            f"Buckets moved from {dataset.min_bucket_reso}-{dataset.max_bucket_reso} px to "
+            f"{low}-{high} px so they contain the resolution {resolution} px (Advanced).")
+        self.form.setRowVisible(self.bucket_note, True)
+        return {"min_bucket_reso": low, "max_bucket_reso": high}
 
     def _pick_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Add an image folder")
         if path:
             self.table.add_row(Path(path))
 
-    def _counted(self, counts: dict[Path, FolderCount]) -> None:
-        self.table.set_counts(counts)
+    def _counted(self, figures: dict | None) -> None:
+        self.figures = figures
+        if figures is not None:
+            self.table.set_counts(figures["folders"])
         self._update_calculator()
 
     def _update_calculator(self) -> None:
+        """Steps per epoch from the health report's scan: the trainer's count of usable
+        images, repeats and buckets, so it agrees with the report and with training."""
         config = self.binder.config
-        seen = 0
-        for folder in config.dataset.folders:
-            count = self.table.counts.get(folder.path)
-            if count is None:
-                self.calculator.setText("Counting the images...")
-                return
-            seen += count.seen_per_epoch(folder.repeats or folder_repeats(folder.path.name) or 1)
-        batch = config.dataset.batch_size
-        per_epoch = -(-seen // batch) if seen else 0
-        steps = config.schedule.max_train_steps
-        if config.schedule.max_train_epochs and per_epoch:
-            text = (f"{seen} images seen per epoch / batch {batch} = {per_epoch} steps per epoch; "
-                    f"× {config.schedule.max_train_epochs} epochs = "
-                    f"{per_epoch * config.schedule.max_train_epochs} steps")
+        figures = self.figures
+        if not config.dataset.folders and config.dataset.kohya_config is None:
+            self.calculator.setText("Add a folder of images to see how many steps an epoch takes.")
+            return
+        if figures is None:
+            self.calculator.setText("Counting the images..." if self.health.pending else
+                                    "The images can't be counted: see the Health report tab.")
+            return
+        seen, batch, per_epoch = (figures["per_epoch"], figures["batch_size"],
+                                  figures["steps_per_epoch"])
+        steps, epochs = config.schedule.max_train_steps, config.schedule.max_train_epochs
+        text = f"{seen} images seen per epoch, batch {batch}: {per_epoch} steps per epoch"
+        if epochs and per_epoch:
+            text += f"; × {epochs} epochs = {per_epoch * epochs} steps"
         elif per_epoch and steps:
-            text = (f"{seen} images seen per epoch / batch {batch} = {per_epoch} steps per epoch; "
-                    f"{steps} steps ≈ {steps / per_epoch:.1f} epochs")
-        else:
-            text = "Add a folder of images to see how many steps an epoch takes."
+            text += f"; {steps} steps ≈ {steps / per_epoch:.1f} epochs"
         self.calculator.setText(text)
 
 

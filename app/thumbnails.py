@@ -5,9 +5,9 @@ The grid is a QListView over a list model, so showing 5,000 names costs the wind
 reset, not 5,000 items. Listing the folders and decoding (QImageReader, safe off the GUI thread)
 run on a QThreadPool thread; results come back through queued signals in batches of at most
 ~50 ms of work, so a 10,000-image folder never freezes the window. A newer listing makes older
-loads stop early (a generation number). The same listing counts each folder's images for the
-folder table and the steps calculator: listing a cold 10,000-image folder took 220 ms, too long
-for the GUI thread.
+loads stop early (a generation number): listing a cold 10,000-image folder took 220 ms, too
+long for the GUI thread. How many of the images train, and how often, is not counted here: the
+folder table and the step calculator show the health report's scan (the trainer's own count).
 """
 
 from __future__ import annotations
@@ -15,22 +15,20 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import (QAbstractListModel, QModelIndex, QObject, QRunnable, QSize, Qt,
-                            QThreadPool, Signal)
-from PySide6.QtGui import QIcon, QImage, QImageReader, QPalette, QPixmap
+from PySide6.QtCore import (QAbstractListModel, QEvent, QModelIndex, QObject, QRunnable, QSize,
+                            Qt, QThreadPool, QTimer, Signal)
+from PySide6.QtGui import QIcon, QImage, QImageReader, QKeySequence, QPalette, QPixmap, QShortcut
 from PySide6.QtWidgets import (QApplication, QHBoxLayout, QLabel, QListView, QPlainTextEdit,
                                QPushButton, QVBoxLayout, QWidget)
 
 from app.binding import Binder
-from app.colours import ERROR, tone_colour
+from app.colours import ERROR, set_tone, tone_colour
 from trainer.atomic import atomic_write_text
 
 SIZE = 96
 IMAGE_NAME = re.compile(r"\.(png|jpe?g|webp|bmp)\Z", re.IGNORECASE)
-REPEAT_FOLDER = re.compile(r"(\d+)_")  # kohya `10_name`: 10 repeats (the trainer's rule)
 MAX_LISTED = 5000  # thumbnails held in memory: up to 36 KB each
 BATCH_SECONDS, BATCH_IMAGES = 0.05, 500  # what the window converts in one go stays small
 
@@ -50,46 +48,17 @@ def _images_in(folder: str) -> tuple[list[str], list[str]]:
     return sorted(images), sorted(folders)
 
 
-def folder_repeats(name: str) -> int | None:
-    """N of a kohya repeat folder name `N_name` (N >= 1), else None."""
-    match = REPEAT_FOLDER.match(name)
-    return int(match.group(1)) if match and int(match.group(1)) >= 1 else None
-
-
-@dataclass(frozen=True)
-class FolderCount:
-    """The images a dataset folder trains on: those directly in it, and (repeats, images) of
-    each kohya `N_name` subfolder (other subfolders are not trained on)."""
-
-    direct: int
-    repeat_folders: tuple[tuple[int, int], ...] = ()
-
-    @property
-    def images(self) -> int:
-        return self.direct + sum(count for _, count in self.repeat_folders)
-
-    def seen_per_epoch(self, repeats: int) -> int:
-        """Images seen per epoch, the direct ones `repeats` times each."""
-        return self.direct * repeats + sum(n * count for n, count in self.repeat_folders)
-
-
-def dataset_images(folders: list[Path]) -> tuple[list[Path], int, dict[Path, FolderCount]]:
-    """(the first MAX_LISTED images, how many there are, each folder's count) in the folders
-    and their direct subfolders, sorted by name."""
+def dataset_images(folders: list[Path]) -> tuple[list[Path], int]:
+    """(the first MAX_LISTED images, how many there are) in the folders and their direct
+    subfolders, sorted by name. Which of them train, and how often, is the health report's
+    scan to say (the trainer's own rules)."""
     found: list[str] = []
-    counts: dict[Path, FolderCount] = {}
     for folder in folders:
         images, subfolders = _images_in(str(folder))
         found += images
-        repeat_folders = []
         for subfolder in subfolders:
-            inside = _images_in(subfolder)[0]
-            found += inside
-            repeats = folder_repeats(os.path.basename(subfolder))
-            if repeats and not os.path.islink(subfolder):  # training does not follow links
-                repeat_folders.append((repeats, len(inside)))
-        counts[folder] = FolderCount(len(images), tuple(repeat_folders))
-    return [Path(p) for p in found[:MAX_LISTED]], len(found), counts
+            found += _images_in(subfolder)[0]
+    return [Path(p) for p in found[:MAX_LISTED]], len(found)
 
 
 def _thumbnail(path: Path) -> QImage:
@@ -102,7 +71,7 @@ def _thumbnail(path: Path) -> QImage:
 
 
 class _Signals(QObject):
-    listed = Signal(int, list, int, object)  # generation, paths, how many in all, FolderCounts
+    listed = Signal(int, list, int)  # generation, paths, how many in all
     loaded = Signal(int, int, list)     # generation, first index, thumbnails (null: unreadable)
     done = Signal(int)
 
@@ -114,8 +83,8 @@ class _Loader(QRunnable):
         self.signals = owner.signals
 
     def run(self) -> None:
-        paths, total, counts = dataset_images(self.folders)
-        self.signals.listed.emit(self.generation, paths, total, counts)
+        paths, total = dataset_images(self.folders)
+        self.signals.listed.emit(self.generation, paths, total)
         batch: list[QImage] = []
         first, started = 0, time.monotonic()
         for index, path in enumerate(paths):
@@ -187,8 +156,8 @@ class ThumbnailModel(QAbstractListModel):
 
 class ThumbnailGrid(QWidget):
     listed = Signal(int)  # how many images the grid shows
-    counted = Signal(object)  # {folder: FolderCount} for every dataset folder (Path keys)
     loaded_all = Signal()
+    caption_saved = Signal(object)  # the caption file's Path
 
     def __init__(self, binder: Binder) -> None:
         super().__init__()
@@ -221,9 +190,15 @@ class ThumbnailGrid(QWidget):
         self.caption.setMaximumHeight(70)
         self.caption.setToolTip("The caption of the selected image, saved to its caption file.")
         self.save_button = QPushButton("Save caption")
-        self.save_button.setToolTip("Write this caption to the image's caption file.")
+        self.save_button.setToolTip("Write this caption to the image's caption file (Ctrl+S). "
+                                    "It is also saved when you pick another image.")
         self.save_button.clicked.connect(self.save_caption)
         self.save_button.setEnabled(False)
+        self._shown_caption: tuple[Path, str] | None = None  # (caption file, text as read)
+        self.caption.installEventFilter(self)
+        self.save_shortcut = QShortcut(QKeySequence.Save, self)  # Ctrl+S while in the grid
+        self.save_shortcut.setContext(Qt.WidgetWithChildrenShortcut)
+        self.save_shortcut.activated.connect(self.save_caption)
         self.caption_file = QLabel()
         self.caption_file.setTextFormat(Qt.PlainText)
         row = QHBoxLayout()
@@ -236,6 +211,9 @@ class ThumbnailGrid(QWidget):
         layout.addWidget(self.caption_file)
         layout.addLayout(row)
         binder.changed.connect(self._config_changed)
+        # The config the window starts with (a restored session) is listed like any other:
+        # once the event loop runs, so the window shows first.
+        QTimer.singleShot(0, self, self.refresh)
 
     @property
     def paths(self) -> list[Path]:
@@ -247,6 +225,10 @@ class ThumbnailGrid(QWidget):
 
     def refresh(self) -> None:
         """List the images again and load their thumbnails, both in the background."""
+        self.save_if_edited()
+        self._shown_caption = None
+        self.caption.clear()
+        self.save_button.setEnabled(False)
         self.generation += 1
         self.loaded = 0
         self.model.show([])
@@ -255,12 +237,10 @@ class ThumbnailGrid(QWidget):
         if folders:
             self.pool.start(_Loader(self.generation, folders, self))
 
-    def _listed(self, generation: int, paths: list[Path], total: int,
-                counts: dict[Path, FolderCount]) -> None:
+    def _listed(self, generation: int, paths: list[Path], total: int) -> None:
         if generation != self.generation:
             return
         self.total = total
-        self.counted.emit(counts)
         self.model.show(paths)
         self.count.setText(self._count_text(" - loading thumbnails...") if paths
                            else "No images yet.")
@@ -283,35 +263,65 @@ class ThumbnailGrid(QWidget):
             self.loaded_all.emit()
 
     # -- captions --------------------------------------------------------------------------
+    # An edited caption is saved when the user moves on (another thumbnail, focus leaving the
+    # box, a new listing, the window closing) or presses Ctrl+S: clicking away never loses it.
     def caption_path(self, image: Path) -> Path:
         return image.with_suffix(self.binder.config.dataset.caption_extension)
 
+    @property
+    def caption_edited(self) -> bool:
+        return (self._shown_caption is not None
+                and self.caption.toPlainText().strip() != self._shown_caption[1])
+
     def _select(self, current: QModelIndex, _previous=None) -> None:
+        self.save_if_edited()
         if not current.isValid():
+            self._shown_caption = None
             self.caption.clear()
             self.save_button.setEnabled(False)
             return
         path = self.caption_path(Path(current.data(Qt.UserRole)))
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text = path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             text = ""
-        self.caption.setPlainText(text.strip())
-        self.caption_file.setText(f"{path.name}" + ("" if path.exists() else " (new file)"))
+        self._shown_caption = (path, text)
+        self.caption.setPlainText(text)
+        self._say(f"{path.name}" + ("" if path.exists() else " (new file)"))
         self.save_button.setEnabled(True)
 
     def select(self, name: str) -> None:
         self.grid.setCurrentIndex(self.model.index(self.model.row_of(name)))
 
+    def save_if_edited(self) -> Path | None:
+        return self.save_caption() if self.caption_edited else None
+
     def save_caption(self) -> Path | None:
-        current = self.grid.currentIndex()
-        if not current.isValid():
+        """Write the caption box to the shown image's caption file (its permissions kept)."""
+        if self._shown_caption is None:
             return None
-        path = self.caption_path(Path(current.data(Qt.UserRole)))
-        atomic_write_text(path, self.caption.toPlainText().strip() + "\n")
-        self.caption_file.setText(f"{path.name} saved")
+        path, _ = self._shown_caption
+        text = self.caption.toPlainText().strip()
+        try:
+            atomic_write_text(path, text + "\n")
+        except OSError as error:  # a read-only folder: say so, keep the text in the box
+            self._say(f"{path.name} can't be saved: {error.strerror or error}", error=True)
+            return None
+        self._shown_caption = (path, text)
+        self._say(f"{path.name} saved")
+        self.caption_saved.emit(path)
         return path
 
+    def _say(self, text: str, error: bool = False) -> None:
+        self.caption_file.setText(text)
+        set_tone(self.caption_file, ERROR if error else None)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        if watched is self.caption and event.type() == QEvent.FocusOut:
+            self.save_if_edited()
+        return super().eventFilter(watched, event)
+
     def stop(self) -> None:
+        self.save_if_edited()
         self.generation += 1
         self.pool.waitForDone(2000)

@@ -82,7 +82,8 @@ def test_every_section_round_trips_through_a_preset_file(qtbot, tmp_path: Path) 
     assert window.config.network.attention == ["attn2"]
     assert window.binder.errors == {}
     assert window.config.dataset.folders[0].repeats == 3
-    qtbot.waitUntil(lambda: "12 images seen per epoch" in window.dataset.calculator.text())
+    qtbot.waitUntil(lambda: "12 images seen per epoch" in window.dataset.calculator.text(),
+                    timeout=30_000)
 
     preset = tmp_path / "mine.toml"
     window.save_config_file(preset, only_changes=True)
@@ -316,7 +317,7 @@ def test_folders_can_be_dropped_on_the_list(qtbot, tmp_path: Path) -> None:
     window.dataset.table.dropEvent(event)
     assert [f.path for f in window.config.dataset.folders] == [images]  # files are not folders
     qtbot.waitUntil(  # 2 × kohya prefix 3
-        lambda: "6 images seen per epoch" in window.dataset.calculator.text())
+        lambda: "6 images seen per epoch" in window.dataset.calculator.text(), timeout=30_000)
 
 
 def test_a_big_folder_lists_at_once_and_loads_in_the_background(qtbot, tmp_path: Path) -> None:
@@ -352,20 +353,22 @@ def test_a_folder_over_the_listing_limit_says_how_many_are_shown(qtbot, tmp_path
         window.dataset.table.add_row(tmp_path / "many")
     assert grid.model.rowCount() == 5 and grid.loaded == 5
     assert grid.count.text() == "8 images (the first 5 are shown)"
-    assert "8 images seen per epoch" in window.dataset.calculator.text()  # all of them train
+    qtbot.waitUntil(lambda: "8 images seen per epoch" in window.dataset.calculator.text(),
+                    timeout=30_000)  # all of them train
 
 
 def test_folders_are_counted_in_the_background_with_kohya_subfolders(qtbot,
                                                                       tmp_path: Path) -> None:
-    """The table and calculator wait for the worker's count (listing a big folder on the GUI
-    thread froze it); images in `N_name` subfolders count N times, other subfolders not at all."""
+    """The table and calculator wait for the health report's scan (in a child process: a big
+    folder on the GUI thread froze it); images in `N_name` subfolders count N times, other
+    subfolders not at all."""
     make_shapes_dataset(tmp_path / "set", 2)
     make_shapes_dataset(tmp_path / "set" / "4_style", 3)
     make_shapes_dataset(tmp_path / "set" / "extras", 5)
     window = MainWindow()
     qtbot.addWidget(window)
     table, calculator = window.dataset.table, window.dataset.calculator
-    with qtbot.waitSignal(window.dataset.thumbnails.counted, timeout=10_000):
+    with qtbot.waitSignal(window.dataset.health.done, timeout=30_000):
         table.add_row(tmp_path / "set", 2)
         assert table.item(0, 1).text() == "…"
         assert calculator.text() == "Counting the images..."

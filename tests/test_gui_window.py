@@ -145,4 +145,3 @@ def test_first_start_offers_the_demo_and_it_fills_in_a_startable_config(qtbot) -
     again = MainWindow(remember=True)  # a session was saved: no offer the second time
     qtbot.addWidget(again)
     assert again.demo_banner.isHidden()
-    assert again.config.model.path == DEMO_BASE

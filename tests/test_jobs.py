@@ -91,6 +91,26 @@ def test_pause_holds_and_resume_continues(tiny_model, shapes, tmp_path: Path) ->
     assert isinstance(list(job.events())[-1], Finished)
 
 
+def test_sample_now_while_paused_renders_and_stays_paused(tiny_model, shapes,
+                                                          tmp_path: Path) -> None:
+    """Sample now on a paused run was dropped (#14 item 6): the previews come, no step runs."""
+    job = Job(spec(tiny_model, shapes, tmp_path / "run", 400,
+                   sampling={"prompts": ["a red circle --d 3"], "at_end": False}))
+    job.start()
+    _wait_for(job, lambda e: isinstance(e, Loss))
+    job.send("pause")
+    paused_at = int(_wait_for(job, lambda e: getattr(e, "text", "").startswith(
+        "paused after step"))[-1].text.rsplit(" ", 1)[-1])
+    job.send("sample_now")
+    seen = _wait_for(job, lambda e: isinstance(e, Sample))
+    assert {e.step for e in seen if isinstance(e, Sample)} == {paused_at}
+    assert not [e for e in seen + job.poll(0.5) if isinstance(e, Loss)]
+    job.send("resume")
+    assert _wait_for(job, lambda e: isinstance(e, Loss))[-1].step == paused_at + 1
+    job.send("stop")
+    assert isinstance(list(job.events())[-1], Finished)
+
+
 def test_sample_now_arrives_within_one_step(tiny_model, shapes, tmp_path: Path) -> None:
     job = Job(spec(tiny_model, shapes, tmp_path / "run", 400,
                    sampling={"prompts": ["a red circle --d 3"], "at_end": False}))
@@ -101,6 +121,20 @@ def test_sample_now_arrives_within_one_step(tiny_model, shapes, tmp_path: Path) 
     assert sample.step <= asked_at + 2  # the step running when the command arrived, or the next
     job.send("stop")
     list(job.events())
+
+
+def test_a_run_folder_that_cannot_be_made_fails_the_job_in_words(tiny_model, shapes,
+                                                                 tmp_path: Path) -> None:
+    """A runs folder under a file wedged the window: the child died before saying why and
+    the parent's crash handler raised NotADirectoryError on every poll (#14 item 1)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    job = Job(spec(tiny_model, shapes, blocker / "run", 4))
+    job.start()
+    events = list(job.events())  # ends: every poll returned instead of raising
+    assert job.state == "failed" and events[-1].kind == "run_folder"
+    assert str(blocker / "run") in events[-1].message and "a-file" in events[-1].message
+    assert blocker.read_text() == "not a folder"
 
 
 def test_a_killed_child_is_reported_within_two_seconds(tiny_model, shapes, tmp_path: Path) -> None:

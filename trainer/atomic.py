@@ -14,13 +14,16 @@ from typing import Callable
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     """Call ``write(temp_path)`` to produce the file, then fsync it and rename it to ``path``.
-    The temp file (``.<name>.<random>.tmp`` beside ``path``) is removed on any failure."""
+    The temp file (``.<name>.<random>.tmp`` beside ``path``) is removed on any failure.
+    A file that is replaced keeps its permissions; a new one gets the usual ones (umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes 0600 files: a caption the user shared (0644) must stay shared
+        os.chmod(tmp, _mode_for(path))
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -28,6 +31,27 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (setting it,
+    even for a moment, would race with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 the run failed, 2 bad input (config, dataset, model), 130 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -107,7 +108,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     report = scan_dataset(config)
-    print(format_report(report))
+    if args.json:
+        from trainer.data.report import report_counts
+
+        folders = [folder.path for folder in config.dataset.folders]
+        print(json.dumps({**report_counts(report, folders), "report": format_report(report)}))
+    else:
+        print(format_report(report))
     return 0 if report.usable else 2
 
 
@@ -231,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check the dataset and print a health report")
     add_job_flags(validate)
+    validate.add_argument("--json", action="store_true",
+                          help="print the figures and the report as one JSON object")
     validate.set_defaults(func=cmd_validate)
 
     config = commands.add_parser("config", help="show the effective config")

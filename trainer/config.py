@@ -43,6 +43,12 @@ class DatasetFolder(Section):
     caption_extension: str | None = None  # None: the dataset-wide extension
 
 
+def bucket_range_for(resolution: int) -> tuple[int, int]:
+    """The usual bucket range for a training resolution: half to twice it (kohya's 256-1024
+    for 512), never under 64 px."""
+    return max(64, resolution // 2 // 64 * 64), resolution * 2
+
+
 class DatasetConfig(Section):
     folders: list[DatasetFolder] = []
     kohya_config: Path | None = Field(
@@ -85,6 +91,15 @@ class DatasetConfig(Section):
             raise ValueError(
                 f"min_bucket_reso ({self.min_bucket_reso}) is larger than max_bucket_reso "
                 f"({self.max_bucket_reso})")
+        if self.enable_bucket and not (self.min_bucket_reso <= self.resolution
+                                       <= self.max_bucket_reso):
+            # else most images train at a size the user never asked for (a 64-64 px range
+            # left by the demo turned a 512 px run into a 64 px one)
+            low, high = bucket_range_for(self.resolution)
+            raise ValueError(
+                f"the bucket range {self.min_bucket_reso}-{self.max_bucket_reso} px does not "
+                f"contain the resolution {self.resolution} px: set min_bucket_reso <= "
+                f"{self.resolution} <= max_bucket_reso (for example {low} and {high})")
         return self
 
 

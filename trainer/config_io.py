@@ -79,8 +79,15 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a settings file (.toml)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (settings files are UTF-8 TOML); "
+                          "pick a .toml file saved by LoRA Studio or a text editor") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: can't be read ({error.strerror or error})") from None
 
 
 def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

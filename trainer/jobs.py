@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from trainer.checkpoint import list_checkpoints
 from trainer.events import EventLog, Failed, Finished, Heartbeat, Event
 from trainer.job_spec import JobSpec
 
@@ -146,13 +147,22 @@ class Job:
         return late + [self._crashed(f"the trainer process {how} without finishing")]
 
     def _crashed(self, message: str) -> Failed:
-        event = Failed(kind="crashed", message=message,
-                       hint="resume from the last checkpoint with --resume RUN_DIR; if it "
-                            "happens again, lower the batch size or resolution")
-        log = EventLog(Path(self.spec.run_dir))  # the child is gone: the log is ours to append
-        log.write(event)
-        log.close()
-        return self._note(event)
+        """The child ended without a word: say so, and append it to the run's log. This runs
+        in the window's timer, so it must never raise (a run folder that could not be made
+        must not turn into an exception every poll)."""
+        has_checkpoint = bool(list_checkpoints(Path(self.spec.run_dir)))
+        hint = ("resume from the last checkpoint with --resume RUN_DIR; if it happens again, "
+                "lower the batch size or resolution" if has_checkpoint else
+                "no checkpoint was saved, so start it again; if it happens again, lower the "
+                "batch size or resolution")
+        event = self._note(Failed(kind="crashed", message=message, hint=hint))
+        try:
+            log = EventLog(Path(self.spec.run_dir))  # the child is gone: ours to append to
+            log.write(event)
+            log.close()
+        except OSError:
+            pass  # the event still reaches the caller; only the file record is missing
+        return event
 
 
 class JobQueue:

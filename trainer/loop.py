@@ -30,6 +30,8 @@ from trainer.objective import diffusion_loss
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.sampling import PreviewRenderer, prompt_specs
 
+PAUSE_POLL_S = 0.2  # how often a paused run looks for Continue, Stop, Sample now, Save now
+
 
 class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int, files: list[str], value: float) -> None:
@@ -44,7 +46,9 @@ class TrainControl:
     stop: threading.Event = field(default_factory=threading.Event)
     sample_now: threading.Event = field(default_factory=threading.Event)
     save_now: threading.Event = field(default_factory=threading.Event)
-    # Called after every optimizer step (the job process polls its command queue here).
+    pause: threading.Event = field(default_factory=threading.Event)
+    # Called after every optimizer step, and while paused (the job process polls its
+    # command queue here).
     on_step: Callable[[int], None] = lambda step: None
 
 
@@ -300,6 +304,18 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         send(Progress(position.step, total_steps, position.epoch, speed,
                       (total_steps - position.step) / speed))
         control.on_step(position.step)
+        while control.pause.is_set() and not control.stop.is_set():
+            # Paused between steps: Sample now and Save now still work, so the user can
+            # look at (or keep) the LoRA as it is before deciding to go on.
+            if control.sample_now.is_set():
+                control.sample_now.clear()
+                preview()
+            if control.save_now.is_set():
+                control.save_now.clear()
+                save()
+            time.sleep(PAUSE_POLL_S)
+            control.on_step(position.step)
+            tick = time.perf_counter()  # the pause is not training time (it/s, ETA)
         if control.sample_now.is_set() or (every_sample and position.step % every_sample == 0):
             control.sample_now.clear()
             preview()

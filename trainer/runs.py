@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,30 @@ def summarize_run(run_dir: Path) -> RunSummary:
         summary.checkpoints = sorted(p.name for p in checkpoints.iterdir()
                                      if p.is_dir() and p.name.startswith("step-"))
     return summary
+
+
+def runs_folder_problem(folder: Path) -> str:
+    """Why a run folder can't be made inside `folder`, in words ('' when it can). Checked
+    before a run starts, so a file chosen as the folder, a parent that is a file, a folder
+    without write permission or a read-only disk is named instead of failing in the child."""
+    folder = Path(folder).expanduser()
+    if not str(folder).strip():
+        return "choose a runs folder (Run section)"
+    if folder.exists() and not folder.is_dir():
+        return f"the runs folder {folder} is a file, not a folder: choose a folder"
+    existing = folder
+    while not existing.exists():  # the nearest ancestor that exists decides
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return (f"the runs folder {folder} can't be made: {existing} is a file, not a folder; "
+                "choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only mount
+        where = "" if existing == folder else f" (in {existing})"
+        return (f"the runs folder {folder} can't be written{where}: choose a folder you can "
+                "write to, or change its permissions")
+    return ""
 
 
 def find_runs(root: Path) -> list[Path]:

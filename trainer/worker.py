@@ -97,15 +97,11 @@ def _command_poller(commands: Queue, control: TrainControl, emit):
                 control.sample_now.set()
             elif command == "save_now":
                 control.save_now.set()
-            elif command == "pause":
+            elif command == "pause" and not control.pause.is_set():
+                control.pause.set()  # the loop waits at this step boundary, polling us
                 emit(Log("info", f"paused after step {step}"))
-                while True:  # a blocking get: a paused run burns no CPU
-                    command = commands.get()
-                    if command in ("resume", "stop"):
-                        break
-                if command == "stop":
-                    control.stop.set()
-                    return
+            elif command == "resume" and control.pause.is_set():
+                control.pause.clear()
                 emit(Log("info", f"resumed at step {step}"))
 
     return poll
@@ -122,7 +118,16 @@ def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
             failed.set()
         events.put(event)
 
-    disk = EventLog(Path(spec.run_dir))  # library output is part of the run's record too
+    try:
+        disk: EventLog | None = EventLog(Path(spec.run_dir))  # library output is on record too
+    except OSError as error:  # the run folder can't be made: say so, don't die silently
+        disk = None
+        emit(Failed(kind="run_folder", message=f"can't create the run folder {spec.run_dir}: "
+                                               f"{error.strerror or error}",
+                    hint="choose a runs folder you can write to"))
+        events.close()
+        events.join_thread()
+        sys.exit(1)
 
     def emit_library_output(event: Event) -> None:
         disk.write(event)

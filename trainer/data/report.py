@@ -131,6 +131,25 @@ def bucket_info(report: DatasetReport) -> dict:
             "mean_img_ar_error": sum(errors) / len(errors) if errors else 0.0}
 
 
+def report_counts(report: DatasetReport, folders: list[Path]) -> dict:
+    """The scan's figures as plain data (`lora-train validate --json`, which the window's
+    health report and step calculator read, so they count exactly what training will):
+    totals, and per dataset folder the usable images, images seen per epoch and the repeats
+    of the subsets in it (the folder itself, or its kohya `N_name` subfolders)."""
+    per_folder = {}
+    for folder in folders:
+        mine = [subset for subset in report.subsets
+                if folder in (subset.image_dir, subset.image_dir.parent)]
+        items = [item for item in report.items if item.subset in mine]
+        per_folder[str(folder)] = {
+            "images": len(items), "per_epoch": sum(item.repeats for item in items),
+            "repeats": sorted({subset.num_repeats for subset in mine})}
+    return {"images": report.num_images, "reg_images": report.num_reg_images,
+            "per_epoch": report.total_with_repeats, "batch_size": report.settings.batch_size,
+            "steps_per_epoch": report.steps_per_epoch(), "skipped": len(report.errors),
+            "folders": per_folder}
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
