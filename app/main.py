@@ -25,7 +25,7 @@ from app.section_run import RunSection
 from app.sections_setup import DatasetSection, ModelSection
 from app.sections_training import ExportSection, SamplesSection, TrainingSection
 from trainer.config import TrainConfig
-from trainer.config_io import list_presets
+from trainer.config_io import build_config, list_presets
 
 SAVE_DELAY_MS = 500
 SECTIONS = ("Dataset", "Base model", "Network", "Training", "Samples", "Run", "Export")
@@ -48,7 +48,11 @@ class MainWindow(QMainWindow):
         self.network = NetworkSection(self.binder)
         self.training = TrainingSection(self.binder)
         self.samples = SamplesSection(self.binder)
-        self.run = RunSection(self.binder, self.start_problems)
+        self.run = RunSection(self.binder, self.start_problems, remember=remember)
+        self.run.resume_requested.connect(lambda run_dir: self.resume_run(Path(run_dir)))
+        self.run.queue_panel.open_requested.connect(lambda run_dir: self.open_run(Path(run_dir)))
+        self.run.queue_panel.edit_requested.connect(self._edit_queued)
+        self.run.state_changed.connect(self._show_run_state)
         self.export = ExportSection(self.binder)
         self.model.listeners.append(self.network.set_model_info)
         self.model.listeners.append(lambda info: self.run.update_buttons())
@@ -244,6 +248,23 @@ class MainWindow(QMainWindow):
             return False
         self.show_section("Run")
         return self.run.resume(Path(run_dir)) is not None
+
+    def _edit_queued(self, spec) -> None:
+        """A run taken out of the queue: its settings in the window, to change and re-add."""
+        name = spec.config["output"]["name"]
+        self.files.replace(build_config(spec.config), f"Queued run {name}")
+        self.statusBar().showMessage(f"The settings of the queued run {name} are shown: change "
+                                     "them, then Add to queue again (Edit > Undo brings back "
+                                     "the settings from before).")
+
+    def _show_run_state(self, state: str) -> None:
+        """The status line follows the run (a 'Demo loaded: press Start' stayed all run)."""
+        text = {"running": "Training: the Run section shows the progress.",
+                "paused": "Paused: press Continue (Ctrl+P) to go on; Sample now still works.",
+                "finished": "Training finished.", "failed": "Training stopped (see the Run "
+                                                            "section)."}.get(state)
+        if text:
+            self.statusBar().showMessage(text)
 
     def _run_dir_changed(self) -> None:
         if self.run.monitor.run_dir:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QLabel, QPlainTextEdit, QProgressBar, QSplitter, QTabWidget,
+from PySide6.QtWidgets import (QCheckBox, QLabel, QPlainTextEdit, QProgressBar, QSplitter, QTabWidget,
                                QVBoxLayout, QWidget)
 
 from app.colours import ERROR, set_tone
+from app.failure_hints import window_hint
 from app.gallery import Gallery
 from app.loss_plot import LossPlot
-from trainer.events import (Event, Failed, Finished, Log, Loss, Progress, Sample, Saved,
+from trainer.events import (LIBRARY, Event, Failed, Finished, Log, Loss, Progress, Sample, Saved,
                             Started, read_events)
 
 
@@ -26,6 +27,13 @@ def format_seconds(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _log_line(level: str, text: str) -> str:
+    return text if level == "info" else f"[{level}] {text}"
+
+
+MAX_LOG_LINES = 5000
 
 
 class RunMonitor(QWidget):
@@ -46,10 +54,22 @@ class RunMonitor(QWidget):
         self.gallery = Gallery()
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
-        self.log.setMaximumBlockCount(5000)
+        self.log.setMaximumBlockCount(MAX_LOG_LINES)
+        # What libraries print (torchvision's notices, diffusers' warnings) is kept but shown
+        # only on request: the default view is the run's own story.
+        self.lines: list[tuple[str, str]] = []  # (level, text) of every log line
+        self.show_library = QCheckBox("Show library messages")
+        self.show_library.setToolTip("Also show what torch, diffusers and other libraries "
+                                     "printed (notices and warnings; rarely needed).")
+        self.show_library.toggled.connect(self._refill_log)
+        log_page = QWidget()
+        log_layout = QVBoxLayout(log_page)
+        log_layout.setContentsMargins(0, 0, 0, 0)
+        log_layout.addWidget(self.show_library)
+        log_layout.addWidget(self.log, 1)
         tabs = QTabWidget()
         tabs.addTab(self.gallery, "Samples")
-        tabs.addTab(self.log, "Log")
+        tabs.addTab(log_page, "Log")
         self.tabs = tabs
         split = QSplitter(Qt.Vertical)
         split.addWidget(self.plot)
@@ -79,6 +99,7 @@ class RunMonitor(QWidget):
         set_tone(self.status, None)
         self.plot.clear()
         self.gallery.clear()
+        self.lines = []
         self.log.clear()
 
     def feed(self, events: list[Event]) -> None:
@@ -170,12 +191,18 @@ class RunMonitor(QWidget):
         elif isinstance(event, Failed):
             self.outcome, self.paused = event, False
             self.progress.setFormat(f"step {self.step} / {self.total} · stopped")
-            hint = f"\n{event.hint}" if event.hint else ""
+            hint = f"\n{window_hint(event, self.run_dir)}"
             self.status.setText(f"Training stopped: {event.message}{hint}")
             set_tone(self.status, ERROR)
             self._log("error", f"{event.kind}: {event.message}{hint}")
             self.finished.emit(event)
 
     def _log(self, level: str, text: str) -> None:
-        prefix = "" if level == "info" else f"[{level}] "
-        self.log.appendPlainText(prefix + text)
+        self.lines = (self.lines + [(level, text)])[-MAX_LOG_LINES:]
+        if level != LIBRARY or self.show_library.isChecked():
+            self.log.appendPlainText(_log_line(level, text))
+
+    def _refill_log(self) -> None:
+        shown = self.show_library.isChecked()
+        self.log.setPlainText("\n".join(_log_line(level, text) for level, text in self.lines
+                                        if shown or level != LIBRARY))

@@ -12,16 +12,19 @@ from typing import Callable
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                               QVBoxLayout, QWidget)
+                               QSplitter, QVBoxLayout, QWidget)
 
 from app.binding import Binder
 from app.colours import ERROR, set_tone
+from app.failure_hints import resumable_step
+from app.queue_panel import QueuePanel
 from app.run_monitor import RunMonitor
-from trainer.events import Event, read_events
+from trainer.events import Event, Failed, Finished, read_events
 from trainer.jobs import Job, JobSpec
 from trainer.runs import runs_folder_problem
 
 POLL_MS = 100
+RELEASE_POLL_MS = 500
 
 
 def default_runs_folder() -> Path:
@@ -31,7 +34,11 @@ def default_runs_folder() -> Path:
 class RunSection(QWidget):
     state_changed = Signal(str)  # idle | running | paused | finished | failed
 
-    def __init__(self, binder: Binder, problems: Callable[[], list[str]]) -> None:
+    resume_requested = Signal(str)  # a stopped run's folder to continue (Resume button)
+
+    def __init__(self, binder: Binder, problems: Callable[[], list[str]],
+                 remember: bool = False) -> None:
+        """`remember`: the waiting queue is saved and restored (the real window)."""
         super().__init__()
         self.binder = binder
         self.problems = problems
@@ -58,7 +65,10 @@ class RunSection(QWidget):
         self.sample_button = QPushButton("Sample now")
         self.save_button = QPushButton("Save now")
         self.queue_button = QPushButton("Add to queue")
-        self.queue: list[JobSpec] = []
+        self.queue_panel = QueuePanel(remember)
+        self.queue_panel.changed.connect(self.update_buttons)
+        self.run_queue_button = QPushButton("Start the queue")
+        self.resume_button = QPushButton("Resume")
         tips = {self.start_button: "Start training with these settings (Ctrl+Enter).",
                 self.pause_button: "Pause after the current step; press again to continue "
                                    "(Ctrl+P).",
@@ -67,7 +77,11 @@ class RunSection(QWidget):
                                     "(Ctrl+I).",
                 self.save_button: "Save a checkpoint and the LoRA file at the next step.",
                 self.queue_button: "Run these settings after the current run ends (change "
-                                   "settings and add again to line up several runs)."}
+                                   "settings and add again to line up several runs).",
+                self.run_queue_button: "Start the first run waiting in the queue; the others "
+                                       "follow one after another.",
+                self.resume_button: "Continue the run that stopped, from its newest "
+                                    "checkpoint, in its own folder."}
         buttons = QHBoxLayout()
         for button, tip in tips.items():
             button.setToolTip(tip)
@@ -79,6 +93,9 @@ class RunSection(QWidget):
         self.sample_button.clicked.connect(self.sample_now)
         self.save_button.clicked.connect(lambda: self._send("save_now"))
         self.queue_button.clicked.connect(self.add_to_queue)
+        self.run_queue_button.clicked.connect(self.start_queue)
+        self.resume_button.clicked.connect(
+            lambda: self.resume_requested.emit(self.monitor.run_dir))
         self.queue_label = QLabel()
         self.queue_label.setTextFormat(Qt.PlainText)
         self.reason = QLabel()
@@ -92,7 +109,12 @@ class RunSection(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.reason)
         layout.addWidget(self.queue_label)
-        layout.addWidget(self.monitor, 1)
+        beside = QSplitter(Qt.Horizontal)
+        beside.addWidget(self.monitor)
+        beside.addWidget(self.queue_panel)
+        beside.setStretchFactor(0, 1)
+        beside.setSizes([900, 260])
+        layout.addWidget(beside, 1)
         binder.errors_changed.connect(self.update_buttons)
         binder.changed.connect(lambda *_: self.update_buttons())
         self.runs_folder.textChanged.connect(lambda *_: self.update_buttons())
@@ -124,6 +146,17 @@ class RunSection(QWidget):
         self.queue_label.setText(f"{len(self.queue)} run(s) waiting in the queue"
                                  if self.queue else "")
         self.queue_label.setVisible(bool(self.queue))
+        self.run_queue_button.setVisible(bool(self.queue) and not self.running)
+        outcome = self.monitor.outcome
+        stopped = outcome is None or isinstance(outcome, Failed) or (
+            isinstance(outcome, Finished) and outcome.step < self.monitor.total)
+        self.resume_button.setVisible(not self.running and stopped
+                                      and resumable_step(self.monitor.run_dir) > 0)
+
+    @property
+    def queue(self) -> list[JobSpec]:
+        """The runs waiting their turn (the queue panel's list)."""
+        return self.queue_panel.specs
 
     def new_run_dir(self) -> Path:
         name = self.binder.config.output.name
@@ -146,14 +179,20 @@ class RunSection(QWidget):
         if not self.running:
             self.start()
             return
-        self.queue.append(JobSpec.from_config(self.binder.config, self.new_run_dir()))
-        self.update_buttons()
+        self.queue_panel.add(JobSpec.from_config(self.binder.config, self.new_run_dir()))
+
+    def start_queue(self) -> Job | None:
+        """Start the first waiting run (a queue restored after a restart waits for this)."""
+        if self.running or not self.queue:
+            return None
+        return self.start(self.queue_panel.take_next())
 
     def start(self, spec: JobSpec | None = None) -> Job | None:
         if self.running or (spec is None and self.start_problems()):
             return None
         spec = spec or JobSpec.from_config(self.binder.config, self.new_run_dir())
         self.monitor.reset()
+        self.monitor.run_dir = spec.run_dir  # known before the child says Started
         self.monitor.plot._build()  # now, not at the first loss point while training runs
         self.monitor.status.setText(f"Starting the trainer in {spec.run_dir} ...")
         self.job = self.job_factory(spec)
@@ -207,12 +246,34 @@ class RunSection(QWidget):
             self.monitor.feed(events)
         if self.job.done:
             self.timer.stop()
+            self._release_later(self.job)
             self.paused = False
             self.update_buttons()
             self.state_changed.emit(self.job.state)
+            self._ended(self.job)
             if self.queue:
-                self.start(self.queue.pop(0))
+                self.start(self.queue_panel.take_next())
         return events
+
+    def _release_later(self, job: Job, tries: int = 20) -> None:
+        """The child winds down after its last event: poll it until it has exited, so its
+        queues close and a failed start's empty run folder is tidied (trainer.jobs)."""
+        if not getattr(job, "released", True) and tries:
+            QTimer.singleShot(RELEASE_POLL_MS, self,
+                              lambda: (job.poll(0.0), self._release_later(job, tries - 1)))
+
+    def _ended(self, job: Job) -> None:
+        """The ended run stays one click away in the queue panel after the next one starts."""
+        event = self.monitor.outcome
+        if isinstance(event, Finished):
+            early = event.step < self.monitor.total
+            outcome = f"stopped at step {event.step}" if early else "finished"
+            lora = event.path
+        else:
+            outcome = f"failed ({event.kind})" if isinstance(event, Failed) else "ended"
+            lora = ""
+        self.queue_panel.add_finished(job.spec.config["output"]["name"], job.spec.run_dir,
+                                      outcome, lora)
 
     def resume(self, run_dir: Path) -> Job | None:
         """Continue a stopped run in its own folder from its newest checkpoint."""
@@ -231,6 +292,7 @@ class RunSection(QWidget):
             self.monitor.status.setText(f"No events.jsonl in {run_dir}")
         elif self.monitor.outcome is None:
             self.monitor.status.setText(f"{run_dir}: this run did not finish (stopped or killed)")
+        self.update_buttons()
         return len(events)
 
     def _pick_runs_folder(self) -> None:

@@ -189,3 +189,21 @@ def test_the_demo_does_not_become_the_next_project(qtbot, tmp_path: Path) -> Non
     assert again.demo_banner.isHidden()  # not a first start any more
     assert again.config.network.rank == 24 and again.config.dataset.resolution == 512
     assert again.config.model.path is None and again.config.output.name == "my_lora"
+
+
+def test_a_failed_start_in_the_window_leaves_no_run_folder(qtbot, ready_window,
+                                                           tmp_path: Path) -> None:
+    """#14 item 7: a run that failed before training left an empty run folder behind."""
+    from trainer.jobs import Job
+
+    window = ready_window
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    window.binder.set_value("dataset", "folders", [{"path": empty}])
+    window.run.job_factory = Job
+    job = window.run.start()
+    run_dir = Path(job.spec.run_dir)
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
+    assert job.state == "failed" and "Health report tab" in window.run.monitor.status.text()
+    qtbot.waitUntil(lambda: job.released, timeout=15_000)
+    assert not run_dir.exists() and run_dir.parent.is_dir()

@@ -72,6 +72,8 @@ class FakeJob:
         batch, self.pending = self.pending[:7], self.pending[7:]
         if any(isinstance(e, Finished) for e in batch):
             self.state = "finished"
+        elif any(isinstance(e, Failed) for e in batch):
+            self.state = "failed"
         return batch
 
     def kill(self) -> None:

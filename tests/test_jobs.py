@@ -137,6 +137,26 @@ def test_a_run_folder_that_cannot_be_made_fails_the_job_in_words(tiny_model, sha
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_failed_start_leaves_no_empty_run_folder(tiny_model, tmp_path: Path,
+                                                   existed: bool) -> None:
+    """A run that fails before training (here: a folder without images) left a run folder
+    holding only its log (#14 item 7); a folder that was there before is left alone."""
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    run = tmp_path / "run"
+    if existed:
+        run.mkdir()
+    job = Job(spec(tiny_model, empty, run, 4))
+    job.start()
+    events = list(job.events())
+    job.wait()
+    assert job.state == "failed" and events[-1].kind == "dataset"
+    assert run.exists() == existed
+    if existed:
+        assert (run / "events.jsonl").exists()  # the record of why it failed stays
+
+
 def test_a_killed_child_is_reported_within_two_seconds(tiny_model, shapes, tmp_path: Path) -> None:
     job = Job(spec(tiny_model, shapes, tmp_path / "run", 400))
     job.start()

@@ -73,10 +73,14 @@ class Sample(Event):
     file: str | None = None  # name under samples/ once written
 
 
+# The Log level of what libraries print or warn: kept in the record, hidden by default.
+LIBRARY = "library"
+
+
 @dataclass
 class Log(Event):
     type: ClassVar[str] = "log"
-    level: str
+    level: str  # info | warning | error | LIBRARY
     text: str
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from trainer.checkpoint import list_checkpoints
-from trainer.events import EventLog, Failed, Finished, Heartbeat, Event
+from trainer.events import EVENTS_FILE, EventLog, Failed, Finished, Heartbeat, Event, Started
 from trainer.job_spec import JobSpec
 
 __all__ = ["Job", "JobQueue", "JobSpec"]
 
 COMMANDS = ("stop", "pause", "resume", "sample_now", "save_now")
+LEFT_BY_A_FAILED_START = {EVENTS_FILE, "config.toml"}
 HEARTBEAT_TIMEOUT_S = 30.0  # generous: a long cache fill or model load still beats every 0.5 s
 
 
@@ -38,9 +40,13 @@ class Job:
     _events: mp.Queue | None = field(default=None, repr=False)
     _commands: mp.Queue | None = field(default=None, repr=False)
     _last_seen: float = 0.0
+    _made_folder: bool = False  # the run folder did not exist before this job
+    _trained: bool = False  # a Started event arrived: training began
 
     def start(self) -> None:
         from trainer.worker import run_job  # light module: torch is imported in the child
+
+        self._made_folder = not Path(self.spec.run_dir).exists()
 
         context = mp.get_context("spawn")
         self._events, self._commands = context.Queue(), context.Queue()
@@ -58,6 +64,11 @@ class Job:
     @property
     def done(self) -> bool:
         return self.state in ("finished", "failed")
+
+    @property
+    def released(self) -> bool:
+        """The child has exited and its queues are closed (a done job's `poll` gets here)."""
+        return self._events is None and self._commands is None
 
     def send(self, command: str) -> None:
         if command not in COMMANDS:
@@ -102,6 +113,20 @@ class Job:
                 channel.close()
                 channel.join_thread()
         self._events = self._commands = None
+        self._tidy_failed_start()
+
+    def _tidy_failed_start(self) -> None:
+        """A run that failed before training began (a bad dataset, model or setting) leaves
+        no run folder behind: it held only its own log and config, and the failure has been
+        reported. A folder that existed before, or holds anything else, is never touched."""
+        folder = Path(self.spec.run_dir)
+        if self.state != "failed" or self._trained or not self._made_folder or self.spec.resume:
+            return
+        try:
+            if folder.is_dir() and {p.name for p in folder.iterdir()} <= LEFT_BY_A_FAILED_START:
+                shutil.rmtree(folder)
+        except OSError:
+            pass  # tidying is a courtesy; the failure itself was already reported
 
     def events(self, poll_interval: float = 0.2) -> Iterator[Event]:
         """Every event until the job ends (for the CLI and tests)."""
@@ -115,6 +140,7 @@ class Job:
 
     def _note(self, event: Event) -> Event:
         self.last_event = event
+        self._trained = self._trained or isinstance(event, Started)
         if isinstance(event, Finished):
             self.state = "finished"
         elif isinstance(event, Failed):

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.events import Event, EventLog, Failed, Heartbeat, Log
+from trainer.events import LIBRARY, Event, EventLog, Failed, Heartbeat, Log
 from trainer.offline import forbid_network
 
 if TYPE_CHECKING:
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from trainer.loop import TrainControl
 
 HEARTBEAT_S = 0.5
-# The Log level of what libraries print or warn: kept in the record, hidden by the CLI.
-LIBRARY = "library"
 
 
 class _LogStream(io.TextIOBase):

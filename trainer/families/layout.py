@@ -19,6 +19,7 @@ from .config_inference import infer_unet_config
 from .detect import classify_folder, classify_keys, read_json
 from .errors import ModelError
 from .safetensors_header import read_header
+from .torch_archive import torch_archive_problem
 
 PROJECTION_NAMES = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -60,8 +61,10 @@ def describe_model(path: Path | str | None) -> ModelDescription:
             what = "diffusers folder"
             weights = any((path / "unet").glob("diffusion_pytorch_model*"))
         elif path.suffix.lower() == ".ckpt":
-            return ModelDescription(usable=True, message="A .ckpt file: its family is checked when "
-                                                         "training starts.")
+            problem = torch_archive_problem(path)
+            return ModelDescription(usable=not problem, message=problem or (
+                "A PyTorch .ckpt archive: its family is read when training starts (a "
+                ".safetensors file is checked as soon as it is picked)."))
         else:
             header = read_header(path)
             shapes = header.shapes()

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 from trainer.families.errors import ModelError, name_of
+from trainer.families.torch_archive import is_torch_pickle
 from trainer.families.safetensors_header import looks_like_safetensors, read_header
 
 
@@ -93,16 +94,6 @@ class MultiSource(TensorSource):
     def close(self) -> None:
         for part in set(self._owner.values()):
             part.close()
-
-
-def is_torch_pickle(path: Path) -> bool:
-    """A torch.save file: a zip archive (torch >= 1.6) or a bare pickle (older torch)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def load_torch_checkpoint(path: Path) -> dict:
