@@ -11,11 +11,12 @@ from pathlib import Path
 
 from PySide6.QtCore import QEvent, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QApplication, QFileDialog, QHBoxLayout, QListWidget, QMainWindow,
+from PySide6.QtWidgets import (QApplication, QHBoxLayout, QListWidget, QMainWindow,
                                QMessageBox, QStackedWidget, QVBoxLayout, QWidget)
 
 from app.binding import Binder
 from app.colours import refresh_tones, use_style
+from app.file_dialogs import pick_folder
 from app.demo_offer import DemoBanner, demo_available, demo_config
 from app.loss_plot import preload_in_background
 from app.session import load_session, recent_files, save_session, settings
@@ -226,7 +227,7 @@ class MainWindow(QMainWindow):
         return self.files.last_message
 
     def _ask_open_run(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open a run folder")
+        path = pick_folder(self, "Open a run folder", "run", self.run.runs_folder.text())
         if path:
             self.open_run(Path(path))
 
@@ -237,7 +238,7 @@ class MainWindow(QMainWindow):
         self.show_section("Run")
 
     def _ask_resume(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Resume which run folder?")
+        path = pick_folder(self, "Resume which run folder?", "run", self.run.runs_folder.text())
         if path:
             self.resume_run(Path(path))
 

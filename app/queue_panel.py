@@ -61,7 +61,7 @@ class QueuePanel(QWidget):
         self.title = QLabel()
         self.waiting = QListWidget()
         self.waiting.setToolTip("Runs that start one after another when the current run ends.")
-        self.waiting.currentRowChanged.connect(lambda *_: self._update())
+        self.waiting.currentRowChanged.connect(lambda *_: self.refresh())
         buttons = QGridLayout()
         self.up, self.down = QPushButton("Move up"), QPushButton("Move down")
         self.remove, self.edit = QPushButton("Remove"), QPushButton("Edit")
@@ -88,7 +88,7 @@ class QueuePanel(QWidget):
         layout.addWidget(self.finished, 1)
         layout.addWidget(self.show_folder)
         self.setMinimumWidth(240)
-        self._update()
+        self.refresh()
 
     # -- the waiting runs ------------------------------------------------------------------
     def add(self, spec: JobSpec) -> None:
@@ -136,7 +136,7 @@ class QueuePanel(QWidget):
                 atomic_write_text(queue_file(), json.dumps([asdict(s) for s in self.specs]))
             except OSError:
                 pass  # remembering the queue is a convenience; the runs themselves are unharmed
-        self._update()
+        self.refresh()
         self.changed.emit()
 
     # -- the runs that ended ---------------------------------------------------------------
@@ -148,7 +148,7 @@ class QueuePanel(QWidget):
                                                      if lora_file else ""))
         self.finished.insertItem(0, item)  # newest first
         self.finished.setCurrentRow(0)
-        self._update()
+        self.refresh()
 
     def _open_item(self, item: QListWidgetItem) -> None:
         self.open_requested.emit(item.data(Qt.UserRole))
@@ -158,7 +158,7 @@ class QueuePanel(QWidget):
         if item is not None:
             self.open_url(QUrl.fromLocalFile(item.data(Qt.UserRole)))
 
-    def _update(self) -> None:
+    def refresh(self) -> None:
         count = len(self.specs)
         self.title.setText(f"Waiting: {count} run(s)" if count else "Waiting: none")
         row = self.waiting.currentRow()

@@ -273,7 +273,8 @@ class NetworkSection(Page):
         edit, access = number_edit(float, "same as the U-Net rate")
         self.row("Text encoder learning rate", binder.field(
             edit, "network", "text_encoder_lr",
-            "Learning rate of the text-encoder LoRA; usually lower than the U-Net's.", **access))
+            "Learning rate of the text-encoder LoRA: usually lower than the U-Net's (5e-5 is "
+            "typical). Empty: the same as the U-Net.", **access))
         edit_2, access_2 = number_edit(float, "same as the first text encoder")
         self.te2_rate_edit = edit_2
         self.te2_rate = binder.field(

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QHeaderView, QLineEdit,
+from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QHeaderView, QLineEdit,
                                QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QTabWidget,
                                QWidget)
 
 from app.binding import Binder, combo, spin
 from app.colours import ERROR, NOTE, set_tone
+from app.file_dialogs import pick_file, pick_folder
 from app.forms import Folding, Page, plain_label
 from app.health import HealthReport
 from app.thumbnails import ThumbnailGrid
@@ -79,8 +80,10 @@ class FolderTable(QTableWidget):
         box.setRange(0, 10_000)
         box.setSpecialValueText("auto")
         box.setValue(repeats)
-        box.setToolTip("How many times each image of this folder is seen per epoch. 'auto' reads "
-                       "it from a folder named like '10_mystyle' (10), else 1.")
+        box.setToolTip("How many times each image of this folder is seen per epoch. Raise it "
+                       "for a folder with few images so it weighs as much as a bigger one "
+                       "(typically 1-10). 'auto' reads it from a folder named like "
+                       "'10_mystyle' (10), else 1.")
         box.valueChanged.connect(lambda *_: self.on_change())
         self.setCellWidget(row, 2, box)
         if notify:
@@ -149,7 +152,8 @@ class DatasetSection(Page):
             "Images per step. Higher needs more memory."))
         self.row("Aspect-ratio buckets", binder.field(
             QCheckBox("keep each image's shape"), "dataset", "enable_bucket",
-            "Group images of similar shape instead of cropping them all square."))
+            "Group images of similar shape instead of cropping them all square, so a tall "
+            "portrait stays tall. Leave it on unless every image is already square."))
         self.row("Flip images", binder.field(
             QCheckBox("also learn mirrored copies"), "dataset", "flip_aug",
             "Mirror images at random. Don't use for text or asymmetric characters."))
@@ -161,9 +165,13 @@ class DatasetSection(Page):
             spin(0, 100), "dataset", "keep_tokens",
             "How many leading tags stay in place when shuffling."))
         more.row("Smallest bucket", binder.field(
-            spin(64, 4096, 64, " px"), "dataset", "min_bucket_reso", "Smallest side of a bucket."))
+            spin(64, 4096, 64, " px"), "dataset", "min_bucket_reso",
+            "The shortest side an image group may have. Half the resolution is usual "
+            "(256 px for 512); it must not be above the resolution."))
         more.row("Largest bucket", binder.field(
-            spin(64, 8192, 64, " px"), "dataset", "max_bucket_reso", "Largest side of a bucket."))
+            spin(64, 8192, 64, " px"), "dataset", "max_bucket_reso",
+            "The longest side an image group may have. Twice the resolution is usual "
+            "(1024 px for 512); it must be at least the resolution."))
         self.body.addWidget(more)
         binder.companions["dataset.resolution"] = lambda value: self._fit_buckets(
             value, self.binder.config.dataset.enable_bucket)
@@ -201,7 +209,7 @@ class DatasetSection(Page):
         return {"min_bucket_reso": low, "max_bucket_reso": high}
 
     def _pick_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Add an image folder")
+        path = pick_folder(self, "Add an image folder", "dataset")
         if path:
             self.table.add_row(Path(path))
 
@@ -299,13 +307,13 @@ class ModelSection(Page):
         return widget
 
     def _pick_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Pick a diffusers model folder")
+        path = pick_folder(self, "Pick a diffusers model folder", "model")
         if path:
             self.set_path(path)
 
     def _pick_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Pick a checkpoint file", "",
-                                              "Checkpoints (*.safetensors *.ckpt)")
+        path = pick_file(self, "Pick a checkpoint file", "model",
+                         "Checkpoints (*.safetensors *.ckpt)")
         if path:
             self.set_path(path)
 

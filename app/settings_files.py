@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFileDialog, QMessageBox
+from PySide6.QtWidgets import QMessageBox
 
-from app.session import config_dir, remember_file, settings
+from app.file_dialogs import pick_file, pick_save_file
+from app.session import config_dir, remember_file
 from trainer.config import TrainConfig
 from trainer.config_io import ConfigError, build_config, load_config_data, preset_path, save_config
 from trainer.presets import apply_preset, missing_paths, setting_changes
@@ -34,18 +35,6 @@ def user_presets_dir() -> Path:
 def user_presets() -> list[Path]:
     folder = user_presets_dir()
     return sorted(folder.glob("*.toml")) if folder.is_dir() else []
-
-
-def start_folder(kind: str) -> str:
-    """Where a file dialog for `kind` ('settings', 'preset', 'model', ...) opens: the folder
-    last used for that kind of file."""
-    value = settings().value(f"last_folder/{kind}", "")
-    return str(value) if value and Path(str(value)).is_dir() else ""
-
-
-def remember_folder(kind: str, path: Path | str) -> None:
-    path = Path(path)
-    settings().setValue(f"last_folder/{kind}", str(path if path.is_dir() else path.parent))
 
 
 class SettingsFiles:
@@ -155,30 +144,24 @@ class SettingsFiles:
 
     # -- dialogs ---------------------------------------------------------------------------
     def ask_open(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.window, "Open settings",
-                                              start_folder("settings"), "Settings (*.toml)")
+        path = pick_file(self.window, "Open settings", "settings", "Settings (*.toml)")
         if path:
-            remember_folder("settings", path)
             self.load_file(Path(path))
 
     def ask_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.window, "Save settings",
-                                              start_folder("settings"), "Settings (*.toml)")
+        path = pick_save_file(self.window, "Save settings", "settings", "Settings (*.toml)")
         if path:
-            remember_folder("settings", path)
             self.save(Path(path))
 
     def ask_load_preset(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self.window, "Load a preset", start_folder("preset") or str(user_presets_dir()),
-            "Presets (*.toml)")
+        path = pick_file(self.window, "Load a preset", "preset", "Presets (*.toml)",
+                         fallback=str(user_presets_dir()))
         if path:
-            remember_folder("preset", path)
             self.load_preset(path)
 
     def ask_save_preset(self) -> None:
         user_presets_dir().mkdir(parents=True, exist_ok=True)
-        path, _ = QFileDialog.getSaveFileName(self.window, "Save as preset",
-                                              str(user_presets_dir()), "Presets (*.toml)")
+        path = pick_save_file(self.window, "Save as preset", "preset", "Presets (*.toml)",
+                              fallback=str(user_presets_dir()))
         if path:
             self.save_preset(path)

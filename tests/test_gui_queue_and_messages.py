@@ -212,3 +212,28 @@ def test_library_notices_are_hidden_from_the_log_by_default(qtbot) -> None:
     assert monitor.log.toPlainText() == "started\n[warning] skipped a.png"
     monitor.show_library.setChecked(True)
     assert "[library] stderr: torchvision notice" in monitor.log.toPlainText()
+
+
+# -- also expected: file dialogs start in the last folder used for that kind of file --------
+def test_file_dialogs_start_where_that_kind_of_file_was_last_picked(qtbot, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    models = tmp_path / "models"
+    (models / "sd15").mkdir(parents=True)
+    (tmp_path / "datasets" / "cats").mkdir(parents=True)
+    asked: list[tuple[str, str]] = []
+    answers = iter([str(models / "sd15"), str(tmp_path / "datasets" / "cats"), "", ""])
+
+    def folder_dialog(parent, title, start=""):
+        asked.append((title, start))
+        return next(answers)
+
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", folder_dialog)
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.model._pick_folder()
+    window.dataset._pick_folder()
+    window.model._pick_folder()    # a model again: where the last model was, not the dataset
+    window.dataset._pick_folder()
+    assert [start for _, start in asked] == ["", "", str(models), str(tmp_path / "datasets")]

@@ -129,6 +129,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for index, name in enumerate(SECTIONS, 1):
         shoot(app, window, name, args.out / f"{index}-{file_name(name)}.png")
+    run_page_states(app, window, work, args.out, "")
     from dark_palette import dark_palette
 
     app.setPalette(dark_palette())  # as when the system switches to its dark theme
@@ -137,8 +138,35 @@ def main() -> int:
     leaf.setCheckState(0, Qt.Unchecked)
     for name in DARK_SECTIONS:
         shoot(app, window, name, args.out / f"dark-{file_name(name)}.png")
+    run_page_states(app, window, work, args.out, "dark-")
     window.close()
     return 0
+
+
+def run_page_states(app, window, work: Path, out: Path, prefix: str) -> None:
+    """The Run page with a runs folder that can't be made, then with the queue panel showing
+    two waiting runs and one that ended."""
+    from trainer.job_spec import JobSpec
+
+    runs = window.run.runs_folder.text()
+    blocker = work / "not-a-folder.txt"
+    blocker.write_text("a file chosen as the runs folder")
+    window.run.runs_folder.setText(str(blocker / "runs"))
+    shoot(app, window, "Run", out / f"{prefix}run-bad-runs-folder.png")
+    window.run.runs_folder.setText(runs)
+    panel = window.run.queue_panel
+    panel.specs.clear()
+    panel.finished.clear()
+    panel.add_finished("my_shapes", str(work / "runs" / "my_shapes-demo"), "finished",
+                       str(work / "runs" / "my_shapes-demo" / "my_shapes.safetensors"))
+    for name, steps in (("my_shapes_r32", 1500), ("my_shapes_lr2", 800)):
+        config = window.config.model_copy(deep=True)
+        config.output.name, config.schedule.max_train_steps = name, steps
+        panel.add(JobSpec.from_config(config, work / "runs" / name))
+    shoot(app, window, "Run", out / f"{prefix}run-queue.png")
+    panel.specs.clear()
+    panel.finished.clear()
+    panel.refresh()  # empty again: the panel hides
 
 
 if __name__ == "__main__":
