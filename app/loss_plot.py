@@ -81,6 +81,7 @@ class LossPlot(QWidget):
         item = self.plot.getPlotItem()
         item.setLabel("bottom", "step")
         item.setLabel("left", "loss")
+        item.getAxis("left").enableAutoSIPrefix(False)  # 0.12, not 120 (x0.001)
         item.addLegend(offset=(-10, 10))
         self.raw_curve = item.plot(name="loss")
         self.smooth_curve = item.plot(name="smoothed")

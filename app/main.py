@@ -37,9 +37,10 @@ class MainWindow(QMainWindow):
         """`remember`: restore the last session's settings and save them on close."""
         super().__init__()
         self.remember = remember
+        not_restored = ""
         if remember and config is None:
-            config = load_session()
-        first_start = remember and config is None  # nothing remembered: offer the demo
+            config, not_restored = load_session()
+        first_start = remember and config is None and not not_restored  # offer the demo
         self.setWindowTitle("LoRA Studio")
         self.resize(1280, 740)
         self.setMinimumSize(900, 560)
@@ -100,7 +101,7 @@ class MainWindow(QMainWindow):
         if remember:
             self.binder.changed.connect(lambda *_: self._save_later.start())
             self.run.runs_folder.textChanged.connect(lambda *_: self._save_later.start())
-        self.statusBar().showMessage("Ready")
+        self.statusBar().showMessage(not_restored or "Ready")
         self.binder.errors_changed.connect(self._show_error_count)
 
     # -- navigation ------------------------------------------------------------------------

@@ -77,6 +77,9 @@ class QueuePanel(QWidget):
         self.finished.setToolTip("Runs that ended since the window opened; double-click to "
                                  "show one again.")
         self.finished.itemDoubleClicked.connect(self._open_item)
+        for names in (self.waiting, self.finished):  # long names: "…" in the middle, not a scroll
+            names.setTextElideMode(Qt.ElideMiddle)
+            names.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.show_folder = QPushButton("Show in folder")
         self.show_folder.clicked.connect(self._show_folder)
         layout = QVBoxLayout(self)

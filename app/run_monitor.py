@@ -129,7 +129,8 @@ class RunMonitor(QWidget):
         if self.paused:
             text += " · paused"
         elif last is not None:
-            text += (f" · epoch {last.epoch} · {last.it_per_s:.2f} it/s · "
+            # Progress.epoch counts from 0 (the trainer's position); people count from 1
+            text += (f" · epoch {last.epoch + 1} · {last.it_per_s:.2f} it/s · "
                      f"{format_seconds(last.eta_s)} left")
         self.progress.setFormat(text)
 

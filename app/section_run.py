@@ -96,8 +96,6 @@ class RunSection(QWidget):
         self.run_queue_button.clicked.connect(self.start_queue)
         self.resume_button.clicked.connect(
             lambda: self.resume_requested.emit(self.monitor.run_dir))
-        self.queue_label = QLabel()
-        self.queue_label.setTextFormat(Qt.PlainText)
         self.reason = QLabel()
         self.reason.setTextFormat(Qt.PlainText)
         self.reason.setWordWrap(True)
@@ -108,7 +106,6 @@ class RunSection(QWidget):
         layout.addLayout(where)
         layout.addLayout(buttons)
         layout.addWidget(self.reason)
-        layout.addWidget(self.queue_label)
         beside = QSplitter(Qt.Horizontal)
         beside.addWidget(self.monitor)
         beside.addWidget(self.queue_panel)
@@ -143,9 +140,6 @@ class RunSection(QWidget):
             button.setEnabled(self.running)
         self.pause_button.setText("Continue" if self.paused else "Pause")
         self.queue_button.setEnabled(not problems)
-        self.queue_label.setText(f"{len(self.queue)} run(s) waiting in the queue"
-                                 if self.queue else "")
-        self.queue_label.setVisible(bool(self.queue))
         self.run_queue_button.setVisible(bool(self.queue) and not self.running)
         outcome = self.monitor.outcome
         stopped = outcome is None or isinstance(outcome, Failed) or (

@@ -43,14 +43,22 @@ def save_session(config: TrainConfig) -> None:
         pass  # remembering is a convenience; never stop the window closing
 
 
-def load_session() -> TrainConfig | None:
+def load_session() -> tuple[TrainConfig | None, str]:
+    """(the last session's settings, '') or (None, why they could not be restored). A file
+    this version refuses is moved aside, never overwritten by the next save."""
     path = session_file()
     if not path.exists():
-        return None
+        return None, ""
     try:
-        return build_config(read_toml(path), source=str(path))
-    except (ConfigError, OSError):
-        return None
+        return build_config(read_toml(path), source=str(path)), ""
+    except (ConfigError, OSError) as error:
+        kept = path.with_name("last-session.unreadable.toml")
+        try:
+            os.replace(path, kept)
+        except OSError:
+            return None, f"The last session's settings could not be restored: {error}"
+        return None, (f"The last session's settings could not be restored ({error}); they "
+                      f"are kept in {kept}.")
 
 
 def recent_files() -> list[str]:

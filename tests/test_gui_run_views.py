@@ -120,7 +120,7 @@ def test_the_progress_text_says_paused(monitor) -> None:
     monitor.feed([Progress(13, 80, 0, 3.9, 17.0)])  # the step that was running when paused
     assert monitor.progress.format() == "step 13 / 80 · paused"
     monitor.set_paused(False)
-    assert monitor.progress.format() == "step 13 / 80 · epoch 0 · 3.90 it/s · 0:17 left"
+    assert monitor.progress.format() == "step 13 / 80 · epoch 1 · 3.90 it/s · 0:17 left"
 
 
 def test_the_final_speed_is_the_one_shown_while_training(monitor) -> None:

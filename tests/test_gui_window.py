@@ -47,6 +47,11 @@ def test_a_broken_session_file_is_ignored(qtbot, private_settings: Path) -> None
     window = MainWindow(remember=True)
     qtbot.addWidget(window)
     assert window.config.network.rank == 16
+    # not lost: moved aside (the next save would overwrite it) and the status line says where
+    kept = private_settings / "last-session.unreadable.toml"
+    assert kept.read_text() == "[network]\nrank = -3\n"
+    message = window.statusBar().currentMessage()
+    assert "could not be restored" in message and str(kept) in message and "network.rank" in message
 
 
 def test_queued_settings_run_after_the_current_run(qtbot, ready_window) -> None:
@@ -57,7 +62,8 @@ def test_queued_settings_run_after_the_current_run(qtbot, ready_window) -> None:
     first = FakeJob.instances[-1]
     window.binder.set_value("network", "rank", 8)
     qtbot.mouseClick(window.run.queue_button, Qt.LeftButton)  # running: waits
-    assert len(window.run.queue) == 1 and "1 run(s) waiting" in window.run.queue_label.text()
+    assert len(window.run.queue) == 1
+    assert window.run.queue_panel.title.text() == "Waiting: 1 run(s)"
     first.pending = [Finished("a.safetensors", 5)]
     qtbot.waitUntil(lambda: len(FakeJob.instances) == 2, timeout=3000)
     second = FakeJob.instances[-1]

@@ -22,8 +22,11 @@ class ProgressPrinter:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, Started):
+            # tqdm's own rate and ETA are left out: the postfix has the trainer's (the window
+            # shows the same figures), and two disagreeing speeds on one line mislead
             self.bar = tqdm(total=event.total_steps, initial=event.resumed_from_step,
-                            file=self.stream, unit="step", dynamic_ncols=True)
+                            file=self.stream, unit="step", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         elif isinstance(event, Loss):
             self.loss = event.loss
         elif isinstance(event, Progress) and self.bar is not None:
