@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.checkpoint import list_checkpoints
+from trainer.runs import list_checkpoints
 from trainer.events import Failed
 
 HINTS = {

@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer.runs import CHECKPOINTS_DIR, PREFIX, list_checkpoints  # the folder layout (torch-free)
+
 if TYPE_CHECKING:  # torch is imported where it is used: listing checkpoints stays cheap
     import torch
 
-CHECKPOINTS_DIR = "checkpoints"
-PREFIX = "step-"
 # Config fields a run may change on resume without changing what it computes.
 RESUME_FREE_FIELDS = {"sampling", "output", "metadata", "precision.threads", "model.path",
                       "dataset.kohya_config", "dataset.folders", "network.init_from"}
@@ -115,16 +115,6 @@ def save_checkpoint(run_dir: Path, position: TrainingPosition, lora: dict[str, t
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temp folders of an interrupted save are ignored)."""
-    root = run_dir / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
-             and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: p.name)
 
 
 def resolve_checkpoint(path: Path) -> Path:

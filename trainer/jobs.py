@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from trainer.checkpoint import list_checkpoints
+from trainer.runs import list_checkpoints
 from trainer.events import EVENTS_FILE, EventLog, Failed, Finished, Heartbeat, Event, Started
 from trainer.job_spec import JobSpec
 

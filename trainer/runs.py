@@ -8,6 +8,19 @@ from pathlib import Path
 
 from trainer.events import EVENTS_FILE, Failed, Finished, Loss, Sample, Saved, Started, read_events
 
+CHECKPOINTS_DIR = "checkpoints"
+PREFIX = "step-"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temp folders of an interrupted save are ignored)."""
+    root = run_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+             and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: p.name)
+
 
 @dataclass
 class RunSummary:
@@ -38,10 +51,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
             summary.state = "finished" if event.step >= summary.total_steps else "stopped early"
         elif isinstance(event, Failed):
             summary.state, summary.failure = "failed", f"{event.kind}: {event.message}"
-    checkpoints = run_dir / "checkpoints"
-    if checkpoints.is_dir():
-        summary.checkpoints = sorted(p.name for p in checkpoints.iterdir()
-                                     if p.is_dir() and p.name.startswith("step-"))
+    summary.checkpoints = [p.name for p in list_checkpoints(run_dir)]
     return summary
 
 
