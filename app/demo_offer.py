@@ -7,6 +7,8 @@ loading a preset whose paths point there; nothing else is special.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton
 
@@ -21,6 +23,13 @@ OFFER = ("New here? Try the demo: a style LoRA on a small built-in model, traine
 def demo_available() -> bool:
     """The demo's files ship with the project; a trimmed install may lack them."""
     return DEMO_BASE.is_dir() and DEMO_DATASET.is_dir()
+
+
+def is_demo_config(config: TrainConfig) -> bool:
+    """The demo's model and images: settings the session must not keep as the user's project
+    (however they got there: Try the demo, a queued demo run taken back to edit)."""
+    return (config.model.path is not None and Path(config.model.path) == DEMO_BASE
+            and any(Path(folder.path) == DEMO_DATASET for folder in config.dataset.folders))
 
 
 def demo_config() -> TrainConfig:

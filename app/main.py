@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QApplication, QHBoxLayout, QListWidget, QMainWind
 from app.binding import Binder
 from app.colours import refresh_tones, use_style
 from app.file_dialogs import pick_folder
-from app.demo_offer import DemoBanner, demo_available, demo_config
+from app.demo_offer import DemoBanner, demo_available, demo_config, is_demo_config
 from app.loss_plot import preload_in_background
 from app.session import load_session, recent_files, save_session, settings
 from app.settings_files import SettingsFiles, user_presets
@@ -85,7 +85,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self.config_path: Path | None = None
         self._closing = False  # Quit was answered "Stop and save": the next Quit kills
-        self.demo: tuple[TrainConfig, TrainConfig] | None = None  # (demo's config, the one before)
+        self.before_demo: TrainConfig | None = None  # the user's settings when the demo came
         self.files = SettingsFiles(self)
         self._build_menus()
         if remember:
@@ -200,7 +200,8 @@ class MainWindow(QMainWindow):
         back), so the demo's 64 px settings never become the user's next project."""
         before = self.binder.config
         self.files.replace(demo_config(), "Demo")
-        self.demo = (self.binder.config, before)
+        if not is_demo_config(before):
+            self.before_demo = before
         self.demo_banner.hide()
         self.show_section("Run")
         self.statusBar().showMessage("Demo loaded: press Start. It trains in a few minutes on a "
@@ -208,10 +209,11 @@ class MainWindow(QMainWindow):
                                      "LoRA. Edit > Undo brings back your own settings.")
 
     @property
-    def project_config(self) -> TrainConfig:
-        """The settings the session remembers: the user's, not the demo's."""
-        if self.demo is not None and self.binder.config is self.demo[0]:
-            return self.demo[1]
+    def project_config(self) -> TrainConfig | None:
+        """The settings the session remembers: the user's, never the demo's (then the ones
+        from before the demo, or None: the session keeps what it had)."""
+        if is_demo_config(self.binder.config):
+            return self.before_demo
         return self.binder.config
 
     def load_preset(self, name_or_path: str) -> bool:
@@ -305,7 +307,8 @@ class MainWindow(QMainWindow):
         """Remember the settings and the runs folder (a no-op for windows that don't)."""
         self._save_later.stop()
         if self.remember:
-            save_session(self.project_config)
+            if self.project_config is not None:
+                save_session(self.project_config)
             settings().setValue("runs_folder", self.run.runs_folder.text())
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
@@ -313,6 +316,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             if self.ask_close() == "stop":
                 self._closing = True
+                self.run.holding_queue = True  # the waiting runs stay queued for next time
                 self.run.stop()
                 self.statusBar().showMessage("Stopping: the window closes when the LoRA is "
                                              "saved. Quit again to close at once (the last "

@@ -77,8 +77,8 @@ class QueuePanel(QWidget):
         self.finished.setToolTip("Runs that ended since the window opened; double-click to "
                                  "show one again.")
         self.finished.itemDoubleClicked.connect(self._open_item)
-        for names in (self.waiting, self.finished):  # long names: "…" in the middle, not a scroll
-            names.setTextElideMode(Qt.ElideMiddle)
+        for names in (self.waiting, self.finished):  # long names: "…" at the end, not a scroll
+            names.setTextElideMode(Qt.ElideRight)
             names.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.show_folder = QPushButton("Show in folder")
         self.show_folder.clicked.connect(self._show_folder)
@@ -91,6 +91,7 @@ class QueuePanel(QWidget):
         layout.addWidget(self.finished, 1)
         layout.addWidget(self.show_folder)
         self.setMinimumWidth(240)
+        self._fill(0)  # a queue restored from the last session is listed at once
         self.refresh()
 
     # -- the waiting runs ------------------------------------------------------------------
@@ -126,7 +127,7 @@ class QueuePanel(QWidget):
         if spec is not None:
             self.edit_requested.emit(spec)
 
-    def _changed(self, select: int) -> None:
+    def _fill(self, select: int) -> None:
         self.waiting.clear()
         for spec in self.specs:
             item = QListWidgetItem(describe(spec))
@@ -134,6 +135,9 @@ class QueuePanel(QWidget):
             self.waiting.addItem(item)
         if self.specs:
             self.waiting.setCurrentRow(max(0, select))
+
+    def _changed(self, select: int) -> None:
+        self._fill(select)
         if self.remember:
             try:
                 atomic_write_text(queue_file(), json.dumps([asdict(s) for s in self.specs]))
@@ -144,8 +148,7 @@ class QueuePanel(QWidget):
 
     # -- the runs that ended ---------------------------------------------------------------
     def add_finished(self, name: str, run_dir: str, outcome: str, lora_file: str = "") -> None:
-        text = f"{name}: {outcome}" + (f" · {Path(lora_file).name}" if lora_file else "")
-        item = QListWidgetItem(text)
+        item = QListWidgetItem(f"{name}: {outcome}")  # the LoRA file is in the tooltip
         item.setData(Qt.UserRole, run_dir)
         item.setToolTip(f"run folder: {run_dir}" + (f"\nLoRA file: {lora_file}"
                                                      if lora_file else ""))

@@ -198,6 +198,10 @@ class RunMonitor(QWidget):
             self._log("error", f"{event.kind}: {event.message}{hint}")
             self.finished.emit(event)
 
+    def note(self, text: str) -> None:
+        """A line of the window's own in the log (a command sent, like '> pause')."""
+        self._log("info", text)
+
     def _log(self, level: str, text: str) -> None:
         self.lines = (self.lines + [(level, text)])[-MAX_LOG_LINES:]
         if level != LIBRARY or self.show_library.isChecked():

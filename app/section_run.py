@@ -45,6 +45,9 @@ class RunSection(QWidget):
         self.job_factory: Callable[[JobSpec], Job] = Job
         self.job: Job | None = None
         self.paused = False
+        # The window is closing: the queue stays as it is (saved) instead of starting its next
+        # run with no window left to show it.
+        self.holding_queue = False
         self.timer = QTimer(self)
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.tick)
@@ -177,6 +180,7 @@ class RunSection(QWidget):
 
     def start_queue(self) -> Job | None:
         """Start the first waiting run (a queue restored after a restart waits for this)."""
+        self.holding_queue = False
         if self.running or not self.queue:
             return None
         return self.start(self.queue_panel.take_next())
@@ -200,7 +204,7 @@ class RunSection(QWidget):
     def _send(self, command: str) -> None:
         if self.running:
             self.job.send(command)
-            self.monitor.log.appendPlainText(f"> {command.replace('_', ' ')}")
+            self.monitor.note(f"> {command.replace('_', ' ')}")
 
     def sample_now(self) -> None:
         """Previews at the next step boundary; a paused run makes them and stays paused."""
@@ -245,7 +249,7 @@ class RunSection(QWidget):
             self.update_buttons()
             self.state_changed.emit(self.job.state)
             self._ended(self.job)
-            if self.queue:
+            if self.queue and not self.holding_queue:
                 self.start(self.queue_panel.take_next())
         return events
 

@@ -217,6 +217,7 @@ class DatasetSection(Page):
         self.figures = figures
         if figures is not None:
             self.table.set_counts(figures["folders"])
+            self.thumbnails.mark_skipped(figures["skipped_files"])
         self._update_calculator()
 
     def _update_calculator(self) -> None:

@@ -19,7 +19,7 @@ from app.file_dialogs import pick_file, pick_save_file
 from app.session import config_dir, remember_file
 from trainer.config import TrainConfig
 from trainer.config_io import ConfigError, build_config, load_config_data, preset_path, save_config
-from trainer.presets import apply_preset, missing_paths, setting_changes
+from trainer.presets import apply_preset, missing_paths, recipe_only, setting_changes
 
 if TYPE_CHECKING:
     from app.main import MainWindow
@@ -53,11 +53,15 @@ class SettingsFiles:
         self.undo_stack = (self.undo_stack + [(label, before)])[-MAX_UNDO:]
         self.window.binder.load(config)
         self.window.update_undo()
-        named = "; ".join(changes[:SHOWN_CHANGES])
-        more = f" and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
-        self.window.statusBar().showMessage(
-            f"{label}: {len(changes)} setting(s) changed" + (f" ({named}{more})" if named else "")
-            + ". Edit > Undo brings back the earlier settings.")
+        # the status line names the settings in words; its tooltip has every old -> new value
+        names = [change.split(":")[0].split(".")[-1].replace("_", " ") for change in changes]
+        named = ", ".join(names[:SHOWN_CHANGES])
+        more = f" and {len(names) - SHOWN_CHANGES} more" if len(names) > SHOWN_CHANGES else ""
+        status = self.window.statusBar()
+        status.setToolTip("\n".join(changes))
+        status.showMessage(f"{label}: {len(changes)} setting(s) changed ({named}{more}). Edit > "
+                           "Undo brings back the earlier settings." if changes else
+                           f"{label}: no setting changed.")
         return changes
 
     def undo(self) -> bool:
@@ -122,23 +126,26 @@ class SettingsFiles:
         box.open()
 
     # -- saving ----------------------------------------------------------------------------
-    def save(self, path: Path, only_changes: bool = False) -> Path:
+    def save(self, path: Path, only_changes: bool = False,
+             config: TrainConfig | None = None) -> Path:
         path = Path(path)
         if path.suffix.lower() != ".toml":  # else the Load dialog (*.toml) can't list it
             path = path.with_name(path.name + ".toml")
-        save_config(self.window.binder.config, path, only_changes=only_changes)
+        save_config(config or self.window.binder.config, path, only_changes=only_changes)
         if self.window.remember and not only_changes:
             remember_file(path)
         self.window.statusBar().showMessage(f"Saved {path}")
         return path
 
     def save_preset(self, name_or_path: str) -> Path:
-        """Only what differs from the defaults, under the user's presets folder unless a
-        path is given; the Presets menu lists it from then on."""
+        """The recipe (what differs from the defaults, without the project's folders, model,
+        prompts, output and metadata), under the user's presets folder unless a path is
+        given; the Presets menu lists it from then on."""
         path = Path(name_or_path)
         if not path.is_absolute():
             path = user_presets_dir() / path
-        saved = self.save(path, only_changes=True)
+        saved = self.save(path, only_changes=True,
+                          config=recipe_only(self.window.binder.config))
         self.window.fill_presets_menu()
         return saved
 

@@ -106,6 +106,7 @@ class ThumbnailModel(QAbstractListModel):
         self.paths: list[Path] = []
         self.icons: dict[int, QIcon] = {}
         self.unreadable: set[int] = set()
+        self.skipped: dict[str, str] = {}  # path -> why training leaves it out (the scan's)
         self._blank, self._blank_colour = QIcon(), None
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802 - Qt's name
@@ -119,10 +120,12 @@ class ThumbnailModel(QAbstractListModel):
             return self.paths[row].name
         if role == Qt.DecorationRole:
             return self.icons.get(row) or self._placeholder()
+        skipped = self.skipped.get(str(self.paths[row]))
         if role == Qt.ToolTipRole:
-            return str(self.paths[row]) + ("\nThis file can't be read as an image."
+            return str(self.paths[row]) + (f"\nNot trained on: {skipped}" if skipped else
+                                           "\nThis file can't be read as an image."
                                            if row in self.unreadable else "")
-        if role == Qt.ForegroundRole and row in self.unreadable:
+        if role == Qt.ForegroundRole and (row in self.unreadable or skipped):
             return tone_colour(ERROR)
         if role == Qt.UserRole:
             return str(self.paths[row])
@@ -149,6 +152,11 @@ class ThumbnailModel(QAbstractListModel):
             else:
                 self.icons[row] = QIcon(QPixmap.fromImage(image))
         self.dataChanged.emit(self.index(first), self.index(first + len(images) - 1))
+
+    def mark_skipped(self, skipped: dict[str, str]) -> None:
+        self.skipped = dict(skipped)
+        if self.paths:
+            self.dataChanged.emit(self.index(0), self.index(len(self.paths) - 1))
 
     def row_of(self, name: str) -> int:
         return next(row for row, path in enumerate(self.paths) if path.name == name)
@@ -246,11 +254,24 @@ class ThumbnailGrid(QWidget):
                            else "No images yet.")
         self.listed.emit(len(paths))
 
+    def mark_skipped(self, skipped: dict[str, str]) -> None:
+        """The files the health report's scan leaves out: shown in the error colour with the
+        reason, their captions not editable, and counted in the grid's line."""
+        self.model.mark_skipped(skipped)
+        if self.paths and self.loaded >= len(self.paths):
+            self.count.setText(self._count_text())
+        current = self.grid.currentIndex()
+        if current.isValid():
+            self._select(current)
+
     def _count_text(self, more: str = "") -> str:
         shown = len(self.paths)
-        if shown < self.total:
-            return f"{self.total:,} images (the first {shown:,} are shown){more}"
-        return f"{shown:,} images{more}"
+        left_out = len(self.model.skipped)
+        text = (f"{self.total:,} images (the first {shown:,} are shown)" if shown < self.total
+                else f"{shown:,} images")
+        if left_out:
+            text += f", {left_out:,} not trained on (see the Health report)"
+        return text + more
 
     def _thumbnails(self, generation: int, first: int, images: list[QImage]) -> None:
         if generation == self.generation:
@@ -280,12 +301,22 @@ class ThumbnailGrid(QWidget):
             self.caption.clear()
             self.save_button.setEnabled(False)
             return
-        path = self.caption_path(Path(current.data(Qt.UserRole)))
+        image = Path(current.data(Qt.UserRole))
+        skipped = self.model.skipped.get(str(image))
+        if skipped:  # its caption would never be read: don't invite a new caption file
+            self._shown_caption = None
+            self.caption.clear()
+            self.caption.setReadOnly(True)
+            self.save_button.setEnabled(False)
+            self._say(f"{image.name} is not trained on: {skipped}", error=True)
+            return
+        path = self.caption_path(image)
         try:
             text = path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             text = ""
         self._shown_caption = (path, text)
+        self.caption.setReadOnly(False)
         self.caption.setPlainText(text)
         self._say(f"{path.name}" + ("" if path.exists() else " (new file)"))
         self.save_button.setEnabled(True)

@@ -182,3 +182,21 @@ def test_refiner_folder_is_refused(tmp_path):
         '{"_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": true}')
     with pytest.raises(ModelError, match=r"^folder refiner is an SDXL refiner"):
         detect_architecture(tmp_path / "refiner")
+
+
+def test_a_folders_native_size_is_its_own_sample_size_times_the_vae_downscale() -> None:
+    """As diffusers' pipelines size their default image: the demo's tiny SD 1.x model is a
+    64 px model (sample_size 8 x 8), not SD 1.5's 512 (the family's figure)."""
+    import json
+
+    from trainer.demo import DEMO_BASE
+    from trainer.families.family import ASSETS_DIR
+    from trainer.families.layout import describe_model
+
+    unet = json.loads((DEMO_BASE / "unet" / "config.json").read_text())
+    vae = json.loads((DEMO_BASE / "vae" / "config.json").read_text())
+    expected = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    assert expected == 64
+    assert describe_model(DEMO_BASE).native_resolution == 64
+    assert describe_model(ASSETS_DIR / "sd15").native_resolution == 512  # 64 x 8
+    assert describe_model(ASSETS_DIR / "sdxl").native_resolution == 1024  # 128 x 8

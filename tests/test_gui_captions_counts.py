@@ -90,8 +90,16 @@ def test_counts_are_the_trainers_everywhere(qtbot, tmp_path: Path) -> None:
     assert table.cellWidget(0, 2).text() == "auto (10)"
     assert window.dataset.calculator.text().startswith(
         "40 images seen per epoch, batch 1: 40 steps per epoch")
-    # a caption saved in the grid makes the report check again (it went stale)
+    # the grid lists what is on disk, and says which of it training leaves out, and why
     grid = window.dataset.thumbnails
+    qtbot.waitUntil(lambda: grid.count.text().startswith("5 images, 1 not trained on"),
+                    timeout=10_000)
+    broken = grid.model.index(grid.model.row_of("broken.png"))
+    assert "Not trained on:" in broken.data(Qt.ToolTipRole)
+    grid.select("broken.png")  # no caption file is offered for it
+    assert grid.caption.isReadOnly() and not grid.save_button.isEnabled()
+    assert grid.caption_file.text().startswith("broken.png is not trained on:")
+    # a caption saved in the grid makes the report check again (it went stale)
     qtbot.waitUntil(lambda: len(grid.paths) == 5, timeout=10_000)
     (folder / "img00.txt").unlink()
     window.binder.set_value("dataset", "trigger_word", "")

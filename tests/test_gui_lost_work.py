@@ -132,7 +132,9 @@ def test_a_preset_changes_the_recipe_and_keeps_the_project(qtbot, ready_window,
     assert config.sampling.prompts == ["mychar smiling"]
     assert window.dataset.table.rowCount() == 1 and window.model.path.text() == str(model)
     message = window.statusBar().currentMessage()
-    assert message.startswith("Preset tiny-cpu: 14 setting(s) changed (dataset.resolution: 512 -> 64;")
+    assert message == ("Preset tiny-cpu: 14 setting(s) changed (resolution, min bucket reso, "
+                       "max bucket reso and 11 more). Edit > Undo brings back the earlier settings.")
+    assert "network.rank: 16 -> 4" in window.statusBar().toolTip().splitlines()
     assert window.undo_action.isEnabled() and window.undo_action.text() == "Undo Preset tiny-cpu"
     window.undo_action.trigger()
     assert window.config.network.rank == 16 and window.binder.widget("network.rank").value() == 16

@@ -65,7 +65,8 @@ def test_an_ended_run_stays_reachable_when_the_next_starts(qtbot, ready_window,
     window.run.add_to_queue()
     qtbot.waitUntil(lambda: len(FakeJob.instances) == 2, timeout=3000)
     panel = window.run.queue_panel
-    assert _lines(panel.finished) == ["first: finished · first.safetensors"]
+    assert _lines(panel.finished) == ["first: finished"]
+    assert panel.finished.item(0).toolTip().endswith(f"LoRA file: {first_dir / 'first.safetensors'}")
     assert panel.finished.item(0).data(Qt.UserRole) == FakeJob.instances[0].spec.run_dir
     opened = []
     panel.open_url = lambda url: opened.append(url.toLocalFile())
@@ -90,10 +91,49 @@ def test_the_queue_survives_a_restart(qtbot, ready_window, private_settings: Pat
     qtbot.addWidget(again)
     again.ask_close = lambda: "wait"
     assert [s.config["output"]["name"] for s in again.run.queue] == ["later"]
+    panel = again.run.queue_panel  # listed at once, and manageable (it was an empty list)
+    assert _lines(panel.waiting) == ["later · model · 1000 steps"] and panel.remove.isEnabled()
     assert again.run.run_queue_button.isVisibleTo(again.run)
     again.run.job_factory = lambda spec: FakeJob(spec, [Started("b", 100)])
     job = again.run.start_queue()
     assert job.spec.config["output"]["name"] == "later" and not again.run.queue
+
+
+def test_closing_while_training_never_starts_the_next_queued_run(qtbot, ready_window,
+                                                                 private_settings: Path) -> None:
+    window = ready_window
+    window.run.job_factory = lambda spec: FakeJob(spec, [Started("a", 100)])
+    window.run.start()
+    window.binder.set_value("output", "name", "later")
+    window.run.add_to_queue()
+    window.show()
+    window.ask_close = lambda: "stop"
+    window.close()  # stop and save, then close
+    first = FakeJob.instances[-1]
+    first.pending = [Finished("a.safetensors", 40)]
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=3000)
+    qtbot.wait(300)
+    assert len(FakeJob.instances) == 1  # nothing started behind the closed window
+    assert [s.config["output"]["name"] for s in window.run.queue] == ["later"]
+
+
+def test_editing_a_queued_demo_run_does_not_make_the_demo_the_project(
+        qtbot, private_settings: Path, tmp_path: Path) -> None:
+    window = MainWindow(remember=True)
+    qtbot.addWidget(window)
+    window.ask_close = lambda: "wait"
+    window.binder.set_value("network", "rank", 24)  # the user's project
+    window.try_demo()
+    window.run.job_factory = lambda spec: FakeJob(spec, [Started("d", 100)])
+    window.run.runs_folder.setText(str(tmp_path / "runs"))
+    window.run.start()
+    window.run.add_to_queue()
+    window.run.queue_panel.waiting.setCurrentRow(0)
+    window.run.queue_panel.edit_current()  # the demo's settings, back from the queue
+    window.save_session_now()
+    again = MainWindow(remember=True)
+    qtbot.addWidget(again)
+    assert again.config.network.rank == 24 and again.config.dataset.resolution == 512
 
 
 # -- 6. paused ------------------------------------------------------------------------------
@@ -170,8 +210,11 @@ def test_save_as_preset_adds_toml_and_lists_it_in_the_presets_menu(qtbot, tmp_pa
     window = MainWindow()
     qtbot.addWidget(window)
     window.binder.set_value("network", "rank", 40)
+    window.binder.set_value("metadata", "title", "My own character")
     saved = window.files.save_preset("mypreset")
     assert saved.name == "mypreset.toml" and saved.exists()
+    text = saved.read_text()  # a recipe: the project's title stays out of it
+    assert "rank = 40" in text and "My own character" not in text and "[metadata]" not in text
     names = [action.text() for action in window.presets_menu.actions()]
     assert "mypreset" in names
     window.binder.set_value("network", "rank", 8)
@@ -210,8 +253,11 @@ def test_library_notices_are_hidden_from_the_log_by_default(qtbot) -> None:
     monitor.feed([Log("info", "started"), Log(LIBRARY, "stderr: torchvision notice"),
                   Log("warning", "skipped a.png")])
     assert monitor.log.toPlainText() == "started\n[warning] skipped a.png"
+    monitor.note("> pause")  # the window's own lines survive the view being rebuilt
     monitor.show_library.setChecked(True)
     assert "[library] stderr: torchvision notice" in monitor.log.toPlainText()
+    monitor.show_library.setChecked(False)
+    assert monitor.log.toPlainText() == "started\n[warning] skipped a.png\n> pause"
 
 
 # -- also expected: file dialogs start in the last folder used for that kind of file --------

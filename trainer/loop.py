@@ -330,8 +330,9 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
             saved_epochs = epochs_done()
             save()
         if stopping:
-            send(Log("info", f"stopped at step {position.step} of {total_steps}; "
-                             f"resume with --resume {run_dir}"))
+            # neutral words: the window offers Resume, the CLI prints its own `--resume` line
+            send(Log("info", f"stopped at step {position.step} of {total_steps}; a checkpoint "
+                             "was saved here, so the run can be resumed"))
             break
 
     # 6. The end (or a stop): a last checkpoint, previews, and the LoRA file.

@@ -34,6 +34,12 @@ def apply_preset(project: TrainConfig, preset: TrainConfig) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
+def recipe_only(config: TrainConfig) -> TrainConfig:
+    """`config` with the project's fields back at their defaults: what Save as preset writes,
+    so a saved preset never carries one project's folders or model into another."""
+    return apply_preset(TrainConfig(), config)
+
+
 def _flat(config: TrainConfig) -> dict[str, Any]:
     return {f"{section}.{name}": value
             for section, fields in config.model_dump().items() if isinstance(fields, dict)

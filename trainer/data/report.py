@@ -147,6 +147,7 @@ def report_counts(report: DatasetReport, folders: list[Path]) -> dict:
     return {"images": report.num_images, "reg_images": report.num_reg_images,
             "per_epoch": report.total_with_repeats, "batch_size": report.settings.batch_size,
             "steps_per_epoch": report.steps_per_epoch(), "skipped": len(report.errors),
+            "skipped_files": {str(entry.path): entry.reason for entry in report.errors},
             "folders": per_folder}
 
 
