@@ -36,9 +36,14 @@ def resumable_step(run_dir: str | Path | None) -> int:
     return int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0
 
 
-def window_hint(event: Failed, run_dir: str | Path | None) -> str:
-    """The hint the Run page shows for `event`, with Run > Resume only when it can resume."""
+def window_hint(event: Failed, run_dir: str | Path | None, started: bool = True) -> str:
+    """The hint the Run page shows for `event`, with Run > Resume only when it can resume.
+    `started`: training had begun (a Started event came); a trainer that died before it did
+    is not a memory problem to fix with a smaller batch."""
     hint = HINTS.get(event.kind, event.hint)
+    if event.kind == "crashed" and not started:
+        return ("The trainer ended before training began; the Log tab shows its last words "
+                "(tick Show library messages).")
     step = resumable_step(run_dir)
     if step:
         hint += f" Run > Resume continues from the checkpoint at step {step}."

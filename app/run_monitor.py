@@ -192,7 +192,7 @@ class RunMonitor(QWidget):
         elif isinstance(event, Failed):
             self.outcome, self.paused = event, False
             self.progress.setFormat(f"step {self.step} / {self.total} · stopped")
-            hint = f"\n{window_hint(event, self.run_dir)}"
+            hint = f"\n{window_hint(event, self.run_dir, started=self.total > 0)}"
             self.status.setText(f"Training stopped: {event.message}{hint}")
             set_tone(self.status, ERROR)
             self._log("error", f"{event.kind}: {event.message}{hint}")

@@ -84,7 +84,8 @@ class RunSection(QWidget):
                 self.run_queue_button: "Start the first run waiting in the queue; the others "
                                        "follow one after another.",
                 self.resume_button: "Continue the run that stopped, from its newest "
-                                    "checkpoint, in its own folder."}
+                                    "checkpoint, in its own folder, with its own settings "
+                                    "(its config.toml)."}
         buttons = QHBoxLayout()
         for button, tip in tips.items():
             button.setToolTip(tip)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -26,6 +27,24 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     connect, create_connection = blocking(socket.socket.connect, NetworkBlocked)
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "create_connection", create_connection)
+
+
+@pytest.fixture(autouse=True)
+def no_modal_dialogs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A modal dialog in a test waits for a click that never comes: CI hangs. Opening one
+    fails the test instead, naming the dialog (tests replace the question, as with
+    MainWindow.ask_close and Exporter.ask_replace)."""
+    widgets = sys.modules.get("PySide6.QtWidgets")
+    if widgets is None:  # a trainer-only test: Qt was never imported
+        return
+
+    def refuse(dialog, *args, **kwargs):
+        text = dialog.text() if hasattr(dialog, "text") else ""
+        raise AssertionError(f"a modal dialog opened in a test: {dialog.windowTitle()!r} "
+                             f"{text!r}; replace the question the code asks")
+
+    monkeypatch.setattr(widgets.QMessageBox, "exec", refuse)
+    monkeypatch.setattr(widgets.QDialog, "exec", refuse)
 
 
 @pytest.fixture(autouse=True)

@@ -175,6 +175,16 @@ def test_a_crash_hint_points_to_the_window_and_offers_resume_only_with_a_checkpo
         assert not window.run.resume_button.isVisibleTo(window.run)
 
 
+def test_a_trainer_that_dies_before_training_is_not_blamed_on_memory(qtbot, ready_window) -> None:
+    window = ready_window
+    window.run.job_factory = lambda spec: FakeJob(spec, [
+        Failed("crashed", "the trainer stopped responding for 30 s and was ended")])
+    window.run.start()
+    qtbot.waitUntil(lambda: not window.run.running, timeout=3000)
+    status = window.run.monitor.status.text()
+    assert "ended before training began" in status and "batch size" not in status
+
+
 def test_a_dataset_failure_points_to_the_health_report(qtbot, ready_window) -> None:
     window = ready_window
     window.run.job_factory = lambda spec: FakeJob(spec, [

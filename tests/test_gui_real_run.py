@@ -78,7 +78,10 @@ def test_a_real_run_from_the_run_section_finishes_and_exports(qtbot, tmp_path: P
     exporter = window.show_section("Export").exporter
     assert exporter.checkpoint.count() >= 1, monitor.log.toPlainText()
     window.binder.set_value("metadata", "title", "GUI tiny")
+    asked = []
+    exporter.ask_replace = lambda path: asked.append(path) or True  # the run's own file
     assert exporter.export()
+    assert asked == [exported]
     qtbot.waitUntil(lambda: exporter.process is None, timeout=120_000)
     assert "LoRA written to" in exporter.report.toPlainText(), exporter.report.toPlainText()
     assert exporter.out.exists()

@@ -238,9 +238,12 @@ def test_runs_list_and_show_summarise_past_runs(tmp_path: Path, capsys) -> None:
     log.write(Finished(str(run / "a.safetensors"), 3))
     log.close()
     (run / "checkpoints" / "step-000003").mkdir(parents=True)
+    (run / "checkpoints" / "step-000003" / "state.json").write_text("{}")  # a complete one
+    (run / "checkpoints" / "step-000002").mkdir()  # cut short: not offered to resume from
     assert cli(["runs", "list", str(tmp_path / "runs")]) == 0
     assert capsys.readouterr().out.strip() == f"{run}: stopped early, step 3/10, last loss 0.3333"
     assert cli(["runs", "show", str(run)]) == 0
     shown = capsys.readouterr().out
-    assert f"LoRA file: {run / 'a.safetensors'}" in shown and "step-000003" in shown
+    assert f"LoRA file: {run / 'a.safetensors'}" in shown
+    assert "checkpoints: step-000003\n" in shown
     assert f"lora-train train --resume {run}" in shown
