@@ -1,4 +1,5 @@
-"""Ctrl+C in `lora-train train`: once = stop, save, exit 0; twice = abort, last checkpoint kept."""
+"""Ctrl+C, SIGTERM and SIGHUP in `lora-train train`: once = stop, save, exit 0; twice = abort,
+last checkpoint kept; the trainer child never outlives the CLI."""
 
 from __future__ import annotations
 
@@ -67,3 +68,51 @@ def test_two_ctrl_c_abort_and_keep_the_last_checkpoint(tiny_model, shapes, tmp_p
     assert "aborted" in err and f"--resume {run}" in err
     from trainer.checkpoint import load_checkpoint
     assert load_checkpoint(run).position.step >= 5  # loads: not half-written
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_and_save_like_ctrl_c(tiny_model, shapes, tmp_path: Path,
+                                                       signum: int) -> None:
+    """What `kill`, `timeout`, systemd and batch schedulers send killed the CLI and left the
+    trainer child training unattended (#15)."""
+    run = tmp_path / "run"
+    process = start_training(tiny_model, shapes, run)
+    wait_for_step(run, 3)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert f"LoRA written to {run / 'my_lora.safetensors'}" in out
+    assert (run / "my_lora.safetensors").exists()
+    assert not _children_of(process.pid)
+
+
+def _children_of(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc: no psutil needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_trainer_child_never_outlives_its_parent(tiny_model, shapes, tmp_path: Path) -> None:
+    """The CLI killed outright (SIGKILL: no handler runs): its child stops and saves at the
+    next step instead of training on unattended for thousands of steps."""
+    run = tmp_path / "run"
+    process = start_training(tiny_model, shapes, run)
+    wait_for_step(run, 3)
+    trainer = _children_of(process.pid)  # the trainer (and multiprocessing's helper)
+    assert trainer, "no trainer child found"
+    process.kill()
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in trainer):
+        time.sleep(0.2)
+    alive = [pid for pid in trainer if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"trainer child {alive} still running after its parent died"
+    from trainer.checkpoint import load_checkpoint
+    assert load_checkpoint(run).position.step >= 3  # it saved on the way out

@@ -268,6 +268,32 @@ def test_resume_alone_continues_with_the_runs_own_config(tiny_model, shapes, tmp
     assert [s for s, _, _ in losses(run)] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("with_config", [False, True])
+def test_resume_writes_where_the_run_folder_is_now(tiny_model, shapes, tmp_path: Path, capsys,
+                                                  with_config: bool) -> None:
+    """A moved run folder resumed wrote into its old location (its stored output.dir won) (#15);
+    with --config too (the config's own output.dir), the run still continues in its folder."""
+    import shutil
+
+    from trainer.loop import TrainControl
+
+    old = tmp_path / "old" / "run"
+    control = TrainControl()
+    control.on_step = lambda step: control.stop.set() if step == 2 else None
+    config = tiny_config(tiny_model[0], shapes, old, schedule={"max_train_steps": 4})
+    train(config, old, control=control)
+    moved = tmp_path / "moved" / "run"
+    moved.parent.mkdir()
+    shutil.move(old, moved)
+    args = ["train", "--resume", str(moved)]
+    if with_config:
+        args += ["--config", str(moved / "config.toml")]
+    assert cli(args) == 0
+    assert f"LoRA written to {moved / 'tiny_lora.safetensors'}" in capsys.readouterr().out
+    assert not old.exists() and (moved / "tiny_lora.safetensors").exists()
+    assert [s for s, _, _ in losses(moved)] == [1, 2, 3, 4]
+
+
 def test_a_full_disk_is_its_own_kind_of_failure() -> None:
     import errno
 

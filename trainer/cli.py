@@ -59,7 +59,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not (run_dir / "config.toml").exists():
             raise ConfigError(f"{run_dir} has no config.toml; pass --config or --preset too")
         data = load_config_data(run_dir / "config.toml")
-        data.setdefault("output", {}).setdefault("dir", str(run_dir))
+        # where the run folder is now: a moved folder must not write back to where it was
+        data.setdefault("output", {})["dir"] = str(run_dir)
     if args.preset:
         data = merge(data, load_config_data(preset_path(args.preset)))
     if args.config:
@@ -155,8 +156,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.jobs import Job, JobSpec
     from trainer.progress import ProgressPrinter
 
-    run_dir = run_dir_for(config)
     resume = args.resume.resolve() if args.resume else None
+    if resume is not None and args.out is None:  # the run continues in its folder, wherever
+        config.output.dir = resumed_run_dir(resume)  # it is now (not its stored output.dir)
+    run_dir = run_dir_for(config)
     if resume is None and list_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                           "or pick another --out")
@@ -172,14 +175,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             job.kill()  # abort now: checkpoints are renamed into place, the last one stays
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    # Ctrl+C, and what `kill`, `timeout`, systemd and batch schedulers send (SIGTERM) or a
+    # closed terminal (SIGHUP): stop after this step and save; a second one aborts.
+    stopping_signals = [signal.SIGINT, signal.SIGTERM] + (
+        [signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {signum: signal.signal(signum, on_interrupt) for signum in stopping_signals}
     try:
         job.start()
         for event in job.events():
             printer.handle(event)
         job.wait()  # let the child finish its own clean-up before this process exits
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         printer.close()
     if len(interrupts) > 1:
         print(f"aborted; the last checkpoint in {run_dir} is intact (--resume {run_dir})",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from trainer.loop import TrainControl
 
 HEARTBEAT_S = 0.5
+ORPHAN_CHECK_S = 1.0  # how often the child checks that its parent is still there
 
 
 class _LogStream(io.TextIOBase):
@@ -105,6 +106,22 @@ def _command_poller(commands: Queue, control: TrainControl, emit):
     return poll
 
 
+def _stop_when_orphaned(control: TrainControl) -> None:
+    """The child never trains on without its parent: when the parent dies (killed, its
+    terminal closed), this process is handed to another parent, and the run stops and saves
+    at the next step boundary, as if Stop had been pressed."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not control.stop.wait(ORPHAN_CHECK_S):
+            if os.getppid() != parent:
+                control.pause.clear()  # a paused run must not wait for a Continue
+                control.stop.set()
+                return
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
     """Spawn target: run one job; the exit code is 0 when it finished, 1 otherwise."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to interpret
@@ -147,6 +164,10 @@ def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
         config = build_config(spec.config)
         control = TrainControl()
         control.on_step = _command_poller(commands, control, emit)
+        _stop_when_orphaned(control)
+        for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if signum is not None:  # sent to the whole process group: stop and save, too
+                signal.signal(signum, lambda *_: (control.pause.clear(), control.stop.set()))
         train(config, Path(spec.run_dir), emit=emit, control=control,
               resume=Path(spec.resume) if spec.resume else None, force=spec.force)
         code = 0
