@@ -294,6 +294,30 @@ def test_resume_writes_where_the_run_folder_is_now(tiny_model, shapes, tmp_path:
     assert [s for s, _, _ in losses(moved)] == [1, 2, 3, 4]
 
 
+def test_resume_on_another_base_model_is_refused(tiny_model, shapes, tmp_path: Path) -> None:
+    """--resume with another base model trained the rest of the run on it without a word (#15):
+    the weights are part of what a resume checks; the model's path may change (a moved file,
+    the folder vs its single file) without tripping it."""
+    from trainer.checkpoint import CheckpointError
+    from trainer.loop import TrainControl
+    from trainer.models import make_tiny_model
+
+    run = tmp_path / "run"
+    control = TrainControl()
+    control.on_step = lambda step: control.stop.set() if step == 2 else None
+    train(tiny_config(tiny_model[0], shapes, run, schedule={"max_train_steps": 4}), run,
+          control=control)
+    other = tmp_path / "other"
+    make_tiny_model(other, seed=1)  # the same architecture, other weights
+    with pytest.raises(CheckpointError, match="base model's weights are not the ones"):
+        train(tiny_config(other, shapes, run, schedule={"max_train_steps": 4}), run,
+              resume=run)
+    # the same weights from the single file: a different path, the same model
+    train(tiny_config(tiny_model[1], shapes, run, schedule={"max_train_steps": 4}), run,
+          resume=run)
+    assert [s for s, _, _ in losses(run)][-2:] == [3, 4]
+
+
 def test_a_full_disk_is_its_own_kind_of_failure() -> None:
     import errno
 

@@ -43,6 +43,7 @@ class TrainingPosition:
     total_steps: int
     dataset: list[list[Any]] = field(default_factory=list)  # [name, size, caption sha] per image
     config: dict[str, Any] = field(default_factory=dict)    # flattened training config
+    base_model: str = ""  # the base U-Net's weights fingerprint ("" in older checkpoints)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -164,6 +165,10 @@ def resume_differences(saved: TrainingPosition, now: TrainingPosition) -> list[s
         before, after = saved.config.get(key, defaults.get(key)), now.config.get(key)
         if before != after:
             problems.append(f"{key} was {before!r}, now {after!r}")
+    if saved.base_model and now.base_model and saved.base_model != now.base_model:
+        # model.path may change (a moved file, folder <-> single file): the weights may not
+        problems.append("the base model's weights are not the ones this run started from "
+                        "(another model, or another version of it); pick the run's own model")
     old = {row[0]: row for row in saved.dataset}
     new = {row[0]: row for row in now.dataset}
     added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())

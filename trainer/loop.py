@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 from trainer import checkpoint as ckpt
-from trainer.caching import LatentCache, TextEmbeddingCache, default_cache_dir
+from trainer.caching import (LatentCache, TextEmbeddingCache, default_cache_dir,
+                             weights_fingerprint)
 from trainer.conditioning import Conditioning, encode_prompts
 from trainer.config import TrainConfig
 from trainer.config_io import ConfigError, config_to_toml
@@ -122,6 +123,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     if device.type == "cpu" and config.precision.mixed_precision != "no":
         send(Log("info", "mixed precision is for CUDA GPUs; this CPU run trains in fp32"))
     base = load_base_model(config.model.path, dtype=amp_dtype or torch.float32, device=device)
+    base_id = weights_fingerprint(base.unet)  # before LoRA layers wrap it; a resume checks it
     family = base.spec
     if report.settings.bucket_reso_steps not in family.bucket_steps:
         raise ConfigError(f"dataset.bucket_reso_steps = {report.settings.bucket_reso_steps} is for "
@@ -197,7 +199,8 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         dataset=ckpt.dataset_fingerprint([(f"{item.path.parent.name}/{item.path.name}",
                                            item.path.stat().st_size, item.caption)
                                           for item in report.items]),
-        config=ckpt.flatten(config.model_dump(mode="json")))
+        config=ckpt.flatten(config.model_dump(mode="json")),
+        base_model=base_id)
     if resume is not None:
         position = _restore(resume, position, network, optimizer, scheduler, scaler, noise_rng,
                             force, send)
