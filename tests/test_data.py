@@ -489,3 +489,28 @@ def test_data_package_does_not_import_torch():
 def test_settings_from_config():
     settings = DatasetSettings.from_config(DatasetConfig(resolution=768, batch_size=4))
     assert settings.resolution == (768, 768) and settings.batch_size == 4
+
+
+def test_a_date_prefix_is_not_read_as_millions_of_repeats(tmp_path: Path) -> None:
+    """`20240101_trip` was twenty million repeats (#15): kohya's rule holds within the config's
+    own limit (1..10,000), and a prefix beyond it is reported, naming the folder."""
+    from synthetic import make_shapes_dataset
+    from trainer.config import DatasetConfig, DatasetFolder
+    from trainer.data import folder_subsets, parse_repeat_folder
+
+    assert parse_repeat_folder("10000_max") == (10000, "max")
+    assert parse_repeat_folder("10001_over") is None and parse_repeat_folder("20240101_trip") is None
+    trip = tmp_path / "20240101_trip"
+    make_shapes_dataset(trip, 2)
+    parent = tmp_path / "holiday"
+    make_shapes_dataset(parent / "20240102_beach", 2)
+    make_shapes_dataset(parent / "5_hotel", 2)
+    resolved = folder_subsets(DatasetConfig(folders=[DatasetFolder(path=trip),
+                                                     DatasetFolder(path=parent)]))
+    repeats = {subset.name: subset.num_repeats for subset in resolved.subsets}
+    assert repeats == {"20240101_trip": 1, "5_hotel": 5}
+    notes = dict(resolved.notes)
+    assert "prefix 20240101 of '20240101_trip' is not read as a repeat count" in notes[trip]
+    assert "1 repeat" in notes[trip]
+    beach = notes[parent / "20240102_beach"]
+    assert beach.startswith("subfolder ignored (the prefix 20240102") and "rename it" in beach

@@ -37,10 +37,13 @@ class DatasetFolder(Section):
     """One image folder. `repeats` = None takes a kohya `N_name` prefix from the folder name, else 1."""
 
     path: Path
-    repeats: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    repeats: Annotated[int, Field(ge=1, le=MAX_REPEATS)] | None = None
     is_reg: bool = False
     class_tokens: str = ""
     caption_extension: str | None = None  # None: the dataset-wide extension
+
+
+MAX_REPEATS = 10_000  # per image per epoch: a folder prefix beyond it is no repeat count
 
 
 def bucket_range_for(resolution: int) -> tuple[int, int]:

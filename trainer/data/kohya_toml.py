@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainer.config import DatasetConfig
+from trainer.config import MAX_REPEATS, DatasetConfig
 from trainer.config_io import ConfigError, read_toml
 from trainer.data.subsets import (DatasetError, DatasetSettings, ResolvedDataset, Subset,
                                   subset_defaults, unique_names)
@@ -66,7 +66,7 @@ def _check_value(source: Path, where: str, key: str, value: Any) -> Any:
             raise _fail(source, where, key, value, "true or false")
         return value
     if key == "num_repeats":
-        return _int(source, where, key, value, 1, 10_000)
+        return _int(source, where, key, value, 1, MAX_REPEATS)
     if key == "keep_tokens":
         return _int(source, where, key, value, 0)
     if key == "batch_size":

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from trainer.config import DatasetConfig
+from trainer.config import MAX_REPEATS, DatasetConfig
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -86,11 +86,22 @@ class ResolvedDataset:
 
 def parse_repeat_folder(name: str) -> tuple[int, str] | None:
     """`10_my dog` -> (10, "my dog") (kohya: the rest after the first `_` is the class token).
-    Anything else, or zero repeats, -> None."""
+    Anything else, zero repeats, or a prefix over MAX_REPEATS (a date like `20240101_trip`
+    is not twenty million repeats) -> None."""
     match = REPEAT_FOLDER.match(name)
-    if not match or int(match.group(1)) < 1:
+    if not match or not 1 <= int(match.group(1)) <= MAX_REPEATS:
         return None
     return int(match.group(1)), match.group(2)
+
+
+def implausible_repeats(name: str) -> str:
+    """Why a folder name that starts like a repeat count is not read as one ('' if it isn't
+    such a name)."""
+    match = REPEAT_FOLDER.match(name)
+    if not match or int(match.group(1)) <= MAX_REPEATS:
+        return ""
+    return (f"the prefix {match.group(1)} of '{name}' is not read as a repeat count (the "
+            f"most is {MAX_REPEATS:,})")
 
 
 def subset_defaults(dataset: DatasetConfig) -> dict:
@@ -168,6 +179,9 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
         source = f"dataset.folders[{index}]"
         parsed = parse_repeat_folder(path.name)
         before = len(subsets)
+        if _has_images(entries) and implausible_repeats(path.name) and not folder.repeats:
+            notes.append((path, implausible_repeats(path.name) + ": trained with 1 repeat; "
+                                "set its Repeats to change that"))
         if _has_images(entries):
             repeats = folder.repeats or (parsed[0] if parsed else 1)
             tokens = folder.class_tokens or (parsed[1] if parsed else "")
@@ -181,8 +195,10 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
                 continue
             sub = parse_repeat_folder(entry.name)
             if sub is None:
-                notes.append((Path(entry.path),
-                              "subfolder ignored (only kohya repeat folders like '10_name' are read)"))
+                implausible = implausible_repeats(entry.name)
+                why = (f"{implausible}; rename it like '10_name' to train on it" if implausible
+                       else "only kohya repeat folders like '10_name' are read")
+                notes.append((Path(entry.path), f"subfolder ignored ({why})"))
                 continue
             subsets.append(Subset(image_dir=Path(entry.path), name=entry.name, num_repeats=sub[0],
                                   is_reg=folder.is_reg, class_tokens=folder.class_tokens or sub[1],
