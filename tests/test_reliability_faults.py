@@ -334,7 +334,8 @@ def test_the_gui_killed_mid_run_leaves_a_valid_run_folder(tiny_model, shapes, tm
     assert loads_everywhere(run)  # whatever happened, the checkpoints load
     summary = summarize_run(run)   # and reopening the folder shows the run
     assert summary.steps_done >= 1 and summary.checkpoints
-    assert summary.state in ("finished", "running or killed", "failed")
+    # the orphaned child notices its window is gone, stops and saves (or had just finished)
+    assert summary.state in ("finished", "stopped early")
     if summary.state == "finished":
         assert read_lora_file(run / "tiny_lora.safetensors").modules
     assert not orphan_hung, "the trainer child outlived its window by 2 minutes"

@@ -21,11 +21,12 @@ from typing import Callable, Iterator
 from trainer.runs import list_checkpoints
 from trainer.events import EVENTS_FILE, EventLog, Failed, Finished, Heartbeat, Event, Started
 from trainer.job_spec import JobSpec
+from trainer.run_folder import LOCK_NAME
 
 __all__ = ["Job", "JobQueue", "JobSpec"]
 
 COMMANDS = ("stop", "pause", "resume", "sample_now", "save_now")
-LEFT_BY_A_FAILED_START = {EVENTS_FILE, "config.toml"}
+LEFT_BY_A_FAILED_START = {EVENTS_FILE, "config.toml", LOCK_NAME}
 HEARTBEAT_TIMEOUT_S = 30.0  # generous: a long cache fill or model load still beats every 0.5 s
 
 

@@ -29,6 +29,7 @@ from trainer.models import load_base_model
 from trainer.network import apply_lora_to
 from trainer.objective import diffusion_loss
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.run_folder import claim_run_folder, release_run_folder
 from trainer.sampling import PreviewRenderer, prompt_specs
 
 PAUSE_POLL_S = 0.2  # how often a paused run looks for Continue, Stop, Sample now, Save now
@@ -74,7 +75,7 @@ def train(config: TrainConfig, run_dir: Path, *, emit: Callable[[Event], None] =
           force: bool = False) -> Path:
     """Run one job; returns the exported LoRA file. Resumable from any checkpoint it saves."""
     control = control or TrainControl()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claimed = claim_run_folder(run_dir, new_run=resume is None)  # the job's child did already
     log = EventLog(run_dir)
 
     def send(event: Event) -> None:
@@ -89,6 +90,8 @@ def train(config: TrainConfig, run_dir: Path, *, emit: Callable[[Event], None] =
         raise
     finally:
         log.close()
+        if claimed:
+            release_run_folder(run_dir)
 
 
 def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],

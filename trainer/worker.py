@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.events import LIBRARY, Event, EventLog, Failed, Heartbeat, Log
+from trainer.config_io import ConfigError
 from trainer.offline import forbid_network
+from trainer.run_folder import claim_run_folder, release_run_folder
 
 if TYPE_CHECKING:
     from multiprocessing import Queue
@@ -133,11 +135,13 @@ def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
             failed.set()
         events.put(event)
 
-    try:
+    try:  # claimed before anything is written: a folder in use or of other files is refused
+        claim_run_folder(Path(spec.run_dir), new_run=not spec.resume)
         disk: EventLog | None = EventLog(Path(spec.run_dir))  # library output is on record too
-    except OSError as error:  # the run folder can't be made: say so, don't die silently
-        disk = None
-        emit(Failed(kind="run_folder", message=f"can't create the run folder {spec.run_dir}: "
+    except (OSError, ConfigError) as error:  # say why, don't die silently
+        emit(Failed(kind="config", message=str(error), hint="pick another run folder")
+             if isinstance(error, ConfigError) else
+             Failed(kind="run_folder", message=f"can't create the run folder {spec.run_dir}: "
                                                f"{error.strerror or error}",
                     hint="choose a runs folder you can write to"))
         events.close()
@@ -178,6 +182,7 @@ def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
     finally:
         alive.set()
         disk.close()
+        release_run_folder(Path(spec.run_dir))
         events.close()
         events.join_thread()  # make sure the last events are flushed before exiting
     sys.exit(code)  # a normal exit: library finalizers (tqdm's lock) clean up after themselves
