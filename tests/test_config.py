@@ -131,3 +131,30 @@ def test_an_empty_name_is_refused_not_replaced_by_the_default(capsys) -> None:
     assert "output.name" in capsys.readouterr().err
     assert cli(["config", "show", "--name", "mine"]) == 0
     assert 'name = "mine"' in capsys.readouterr().out
+
+
+# -- values that used to fail only late (when the optimizer is built, when the file is written)
+@pytest.mark.parametrize("data, expected", [
+    ({"optimizer": {"betas": [1.0, 0.999]}}, "optimizer.betas.0 = 1.0: must be less than 1"),
+    ({"optimizer": {"betas": [0.9, -0.1]}}, "optimizer.betas.1 = -0.1: must be greater than or equal to 0"),
+    ({"dataset": {"caption_separator": ""}}, "dataset.caption_separator = '': String should have at least 1 character"),
+    ({"output": {"name": "x" * 201}}, "is 201 bytes long; file systems allow names of at most 200"),
+    ({"output": {"name": "é" * 101}}, "is 202 bytes long"),
+    ({"metadata": {"description": "d" * 1_000_001}},
+     "metadata.description = 'ddd"),
+    ({"metadata": {"tags": ["ok", "t" * 1_000_001]}},
+     "... (1,000,001 characters): String should have at most 1000000 characters"),
+])
+def test_late_failures_are_refused_when_the_config_is_built(data, expected: str) -> None:
+    """#15: these were accepted and failed at the optimizer, or after hours at export."""
+    with pytest.raises(ConfigError) as refused:
+        build_config(data)
+    assert expected in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1 and len(str(refused.value)) < 400
+
+
+def test_the_longest_allowed_name_fits_the_temporary_file(tmp_path: Path) -> None:
+    from trainer.atomic import atomic_write_bytes
+
+    name = build_config({"output": {"name": "n" * 200}}).output.name
+    assert atomic_write_bytes(tmp_path / f"{name}.safetensors", b"x").exists()

@@ -325,3 +325,42 @@ def test_a_full_disk_is_its_own_kind_of_failure() -> None:
 
     failed = classify(OSError(errno.ENOSPC, "No space left on device"))
     assert failed.kind == "disk_full" and "free some disk space" in failed.hint
+
+
+def test_a_missing_cover_image_fails_the_run_at_its_start(tiny_model, shapes, tmp_path: Path) -> None:
+    """The cover is read by the export after the last step: a missing one failed the run
+    after hours of training (#15). Now before the first step."""
+    from trainer.export import ExportError
+
+    run = tmp_path / "run"
+    config = tiny_config(tiny_model[0], shapes, run, schedule={"max_train_steps": 4},
+                         metadata={"cover_image": str(tmp_path / "gone.png")})
+    with pytest.raises(ExportError, match="cover image .*gone.png does not exist"):
+        train(config, run)
+    assert losses(run) == []  # not one step was trained
+
+
+def test_an_enormous_cover_image_is_refused_as_a_decompression_bomb(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    from PIL import Image
+
+    from trainer.export import ExportError, cover_thumbnail
+
+    cover = tmp_path / "cover.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(cover)
+    assert cover_thumbnail(cover).startswith("data:image/jpeg;base64,")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is "enormous" now
+    with pytest.raises(ExportError, match="too large to open safely"):
+        cover_thumbnail(cover)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu_is_bad_input_not_a_bug(tiny_model, shapes, tmp_path: Path,
+                                                          capsys) -> None:
+    code = cli(["train", "--preset", "tiny-cpu", "--model", str(tiny_model[0]), "--data",
+                str(shapes), "--out", str(tmp_path / "run"), "--steps", "2",
+                "--set", "precision.device=cuda"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "precision.device = 'cuda' but no CUDA GPU is visible" in err
+    assert "bug" not in err and "Traceback" not in err

@@ -43,6 +43,7 @@ class DatasetFolder(Section):
     caption_extension: str | None = None  # None: the dataset-wide extension
 
 
+MAX_NAME_BYTES = 200  # 255 bytes minus ".safetensors", the temp file's "." and ".XXXXXXXX.tmp"
 MAX_REPEATS = 10_000  # per image per epoch: a folder prefix beyond it is no repeat count
 
 
@@ -58,7 +59,7 @@ class DatasetConfig(Section):
         None, description="kohya dataset TOML ([general]/[[datasets]]/[[datasets.subsets]])")
     caption_extension: str = ".txt"
     trigger_word: str = Field("", description="prepended to every caption")
-    caption_separator: str = ","
+    caption_separator: Annotated[str, Field(min_length=1)] = ","  # "" can't split tags
     shuffle_caption: bool = False
     keep_tokens: Annotated[int, Field(ge=0)] = 0
     caption_dropout_rate: Fraction = 0.0
@@ -181,7 +182,8 @@ class OptimizerConfig(Section):
     type: Literal["AdamW", "AdamW8bit", "Prodigy", "Lion"] = "AdamW"
     learning_rate: PositiveFloat = 1e-4
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = \
+        (0.9, 0.999)  # torch refuses others, but only once the optimizer is built
     eps: PositiveFloat = 1e-8
     max_grad_norm: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
 
@@ -254,18 +256,29 @@ class OutputConfig(Section):
                 "use letters, digits, '-' and '_'")
         if value.split(".")[0].upper() in WINDOWS_RESERVED or value.endswith((" ", ".")):
             raise ValueError(f"{value!r} is not allowed as a file name on Windows")
+        if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+            # the file is written as .NAME.safetensors.XXXXXXXX.tmp first: 255 bytes at most
+            raise ValueError(f"is {len(value.encode('utf-8'))} bytes long; file systems allow "
+                             f"names of at most {MAX_NAME_BYTES} here (the file is "
+                             "NAME.safetensors, written through a temporary name)")
         return value
+
+
+MAX_METADATA_CHARS = 1_000_000  # per metadata value, on export and on import
+MetadataText = Annotated[str, Field(max_length=MAX_METADATA_CHARS)]
 
 
 class MetadataConfig(Section):
     """What the exported file says about itself (Civitai and the web UIs read it)."""
 
-    title: str = ""
-    author: str = ""
-    description: str = ""
-    trigger_phrase: str = ""
-    tags: list[str] = []
-    license: str = ""
+    # Longer values would be refused (with a warning) by readers of the file, ours included:
+    # refused here, not when the file is written at the end of the run.
+    title: MetadataText = ""
+    author: MetadataText = ""
+    description: MetadataText = ""
+    trigger_phrase: MetadataText = ""
+    tags: list[MetadataText] = []
+    license: MetadataText = ""
     hide_folder_names: bool = Field(False, description="leave local folder names out of the file")
     cover_image: Path | None = Field(None, description="stored downscaled as the file's thumbnail")
 

@@ -45,6 +45,16 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(current.model_fields)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """A value as the message shows it: a long text is cut, with its length (a 1 MB
+    description must not become a 1 MB error line)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} characters as text"
+    return f"{text[:limit - 3]}... ({size})"
+
+
 def describe_validation_error(error: ValidationError, source: str = "") -> str:
     """One line per problem: `where: field = value: what is allowed`."""
     lines = []
@@ -61,7 +71,7 @@ def describe_validation_error(error: ValidationError, source: str = "") -> str:
             continue
         message = item["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
         value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        shown = "" if isinstance(value, dict) else f" = {_short(value)}"
         lines.append(f"{prefix}{dotted}{shown}: {message}")
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ import glob
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,11 +100,17 @@ def cover_thumbnail(image: Path, max_side: int = THUMBNAIL_SIDE) -> str:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(image) as opened:
-            picture = ImageOps.exif_transpose(opened)
-            picture.load()
+        with warnings.catch_warnings():
+            # past PIL's pixel limit it only warns; a cover that big is a decompression bomb
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(image) as opened:
+                picture = ImageOps.exif_transpose(opened)
+                picture.load()
     except FileNotFoundError:
         raise ExportError(f"cover image {image} does not exist") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ExportError(f"cover image {Path(image).name} is too large to open safely (over "
+                          f"{Image.MAX_IMAGE_PIXELS:,} pixels); use a smaller picture") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ExportError(f"cover image {Path(image).name} cannot be read as an image "
                           f"({type(error).__name__}); use a PNG, JPEG or WebP file") from None

@@ -29,6 +29,7 @@ from trainer.models import load_base_model
 from trainer.network import apply_lora_to
 from trainer.objective import diffusion_loss
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.export import cover_thumbnail
 from trainer.run_folder import claim_run_folder, release_run_folder
 from trainer.sampling import PreviewRenderer, prompt_specs
 
@@ -55,8 +56,9 @@ class TrainControl:
 
 
 def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("precision.device = 'cuda' but no CUDA GPU is visible; use 'auto'")
+    if choice == "cuda" and not torch.cuda.is_available():  # bad input, not a bug: exit 2
+        raise ConfigError("precision.device = 'cuda' but no CUDA GPU is visible; use 'auto' "
+                          "(or 'cpu')")
     return torch.device("cuda" if choice == "cuda" or (
         choice == "auto" and torch.cuda.is_available()) else "cpu")
 
@@ -102,6 +104,9 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     if config.precision.threads:
         torch.set_num_threads(config.precision.threads)
     device = resolve_device(config.precision.device)
+    # The cover is only needed by the export at the end: read it now, so a missing, broken or
+    # enormous image fails in a second, not after hours of training.
+    cover = cover_thumbnail(config.metadata.cover_image) if config.metadata.cover_image else None
 
     # 1. Dataset first: a bad folder fails in a second, before any model is loaded.
     report = scan_dataset(config)
@@ -224,14 +229,14 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         return path
 
     def export() -> Path:
-        from trainer.export import cover_thumbnail, write_lora_file
+        from trainer.export import write_lora_file
         from trainer.metadata import apply_user_metadata
         user = config.metadata
         meta = apply_user_metadata(
             training_metadata(config, report, base, position, started_at, total_steps),
             user.model_dump(include={"title", "author", "description", "trigger_phrase",
                                      "tags", "license"}),
-            thumbnail=cover_thumbnail(user.cover_image) if user.cover_image else None,
+            thumbnail=cover,
             hide_folder_names=user.hide_folder_names)
         path = write_lora_file(Path(config.output.dir or run_dir) /
                                f"{config.output.name}.safetensors",

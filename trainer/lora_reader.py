@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from trainer.config import MAX_METADATA_CHARS  # per value; a 256 px JPEG thumbnail is ~30 000
 from trainer.families.safetensors_header import (
     DTYPE_SIZES, SafetensorsError, TensorInfo, parse_header,
 )
 
-MAX_METADATA_CHARS = 1_000_000  # per value; a 256 px JPEG thumbnail is ~30 000
 # the safetensors dtypes a LoRA file may use (the unsigned U16/U32/U64 are refused)
 SAFETENSORS_DTYPES = {k: v for k, v in DTYPE_SIZES.items() if k not in ("U16", "U32", "U64")}
 DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
