@@ -11,7 +11,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, field_validator,
+                      model_validator)
+
+from trainer.paths import special_file_problem
 
 SCHEMA_VERSION = 1
 
@@ -27,6 +30,16 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
+def _not_special(path: Path) -> Path:
+    problem = special_file_problem(path)
+    if problem:  # a FIFO would block the first open() forever
+        raise ValueError(problem)
+    return path
+
+
+UserPath = Annotated[Path, AfterValidator(_not_special)]  # a path the user names
+
+
 class Section(BaseModel):
     """A config section: unknown keys are errors, assignments are validated (the GUI sets fields)."""
 
@@ -36,7 +49,7 @@ class Section(BaseModel):
 class DatasetFolder(Section):
     """One image folder. `repeats` = None takes a kohya `N_name` prefix from the folder name, else 1."""
 
-    path: Path
+    path: UserPath
     repeats: Annotated[int, Field(ge=1, le=MAX_REPEATS)] | None = None
     is_reg: bool = False
     class_tokens: str = ""
@@ -55,7 +68,7 @@ def bucket_range_for(resolution: int) -> tuple[int, int]:
 
 class DatasetConfig(Section):
     folders: list[DatasetFolder] = []
-    kohya_config: Path | None = Field(
+    kohya_config: UserPath | None = Field(
         None, description="kohya dataset TOML ([general]/[[datasets]]/[[datasets.subsets]])")
     caption_extension: str = ".txt"
     trigger_word: str = Field("", description="prepended to every caption")
@@ -108,7 +121,7 @@ class DatasetConfig(Section):
 
 
 class ModelConfig(Section):
-    path: Path | None = Field(None, description="diffusers folder or one .safetensors/.ckpt file")
+    path: UserPath | None = Field(None, description="diffusers folder or one .safetensors/.ckpt file")
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
     clip_skip: Annotated[int, Field(ge=1, le=4)] = 1
 
@@ -128,7 +141,7 @@ class NetworkConfig(Section):
     text_encoder_lr: PositiveFloat | None = Field(None, description="None: the U-Net rate")
     text_encoder_2_lr: PositiveFloat | None = Field(
         None, description="SDXL's second text encoder (OpenCLIP-bigG); None: text_encoder_lr")
-    init_from: Path | None = Field(None, description="an existing LoRA to continue from")
+    init_from: UserPath | None = Field(None, description="an existing LoRA to continue from")
 
     @field_validator("blocks")
     @classmethod
@@ -237,7 +250,7 @@ class SamplingConfig(Section):
 
 
 class OutputConfig(Section):
-    dir: Path | None = None
+    dir: UserPath | None = None
     name: str = "my_lora"
     save_every_n_steps: Annotated[int, Field(ge=1)] | None = None
     save_every_n_epochs: Annotated[int, Field(ge=1)] | None = None
@@ -280,7 +293,7 @@ class MetadataConfig(Section):
     tags: list[MetadataText] = []
     license: MetadataText = ""
     hide_folder_names: bool = Field(False, description="leave local folder names out of the file")
-    cover_image: Path | None = Field(None, description="stored downscaled as the file's thumbnail")
+    cover_image: UserPath | None = Field(None, description="stored downscaled as the file's thumbnail")
 
 
 class TrainConfig(BaseModel):

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from trainer.atomic import atomic_write_text
 from trainer.config import SCHEMA_VERSION, TrainConfig
+from trainer.paths import special_file_problem
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 PATH_FIELDS = (("dataset", "kohya_config"), ("model", "path"), ("network", "init_from"),
@@ -84,6 +85,8 @@ def build_config(data: dict[str, Any], source: str = "") -> TrainConfig:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    if special_file_problem(path):
+        raise ConfigError(special_file_problem(path))
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save, save_file
 
 from trainer.atomic import atomic_write
+from trainer.paths import special_file_problem
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 THUMBNAIL_SIDE = 256
@@ -99,6 +100,8 @@ def cover_thumbnail(image: Path, max_side: int = THUMBNAIL_SIDE) -> str:
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if special_file_problem(image):  # Image.open on a FIFO would wait forever
+        raise ExportError(f"cover image: {special_file_problem(image)}")
     try:
         with warnings.catch_warnings():
             # past PIL's pixel limit it only warns; a cover that big is a decompression bomb

@@ -399,6 +399,7 @@ _HEADER_MESSAGES = {
     "folder": "{name} is a folder, not a .safetensors file",
     "missing": "{path} does not exist",
     "unreadable": "{name} cannot be read ({reason})",
+    "special": "{reason}",
     "empty": "{name} is empty or truncated; it is not a .safetensors file",
     "too_big": "{name} is not a LoRA file: its header claims {n:,} bytes "
                "(more than the {max:,} allowed)",

@@ -17,12 +17,15 @@ which lets the text-encoder outputs be cached.
 
 from __future__ import annotations
 
+import errno
 import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from trainer.paths import special_file_problem
 
 MAX_CAPTION_CHARS = 4000  # far beyond CLIP's 75 tokens; keeps a runaway file from costing time
 MAX_CAPTION_BYTES = 256 * 1024  # read no more of a caption file than this
@@ -68,6 +71,8 @@ def read_caption(path: Path, separator: str = ",") -> CaptionFile:
     lines are joined into one caption with the separator (kohya reads only the first line).
     Text beyond MAX_CAPTION_CHARS is cut at a tag boundary and noted. Raises OSError."""
     notes: list[str] = []
+    if special_file_problem(path):  # a FIFO named like a caption would block the scan forever
+        raise OSError(errno.EINVAL, "a FIFO or device, not a text file")
     with open(path, "rb") as handle:
         raw = handle.read(MAX_CAPTION_BYTES + 1)
     if len(raw) > MAX_CAPTION_BYTES:

@@ -15,6 +15,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.paths import special_file_problem
+
 from .errors import ModelError, name_of
 
 MAX_HEADER_BYTES = 100 * 1000 * 1000  # a real checkpoint header is well under 1 MB
@@ -83,7 +85,10 @@ class SafetensorsHeader:
 
 
 def file_head(path: Path, count: int) -> bytes:
-    """The first ``count`` bytes of a file (fewer when it is shorter; b"" when unreadable)."""
+    """The first ``count`` bytes of a file (fewer when it is shorter; b"" when unreadable,
+    or a FIFO or device, which open() would wait on)."""
+    if special_file_problem(path):
+        return b""
     try:
         with open(path, "rb") as f:
             return f.read(count)
@@ -108,6 +113,8 @@ def parse_header(path: Path, dtypes: Collection[str] = DTYPE_SIZES) -> RawHeader
     the data section is all there (truncation). No tensor data is read.
     """
     path = Path(path)
+    if special_file_problem(path):  # open() on a FIFO would wait forever
+        raise SafetensorsError("special", path, reason=special_file_problem(path))
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -154,6 +161,7 @@ def parse_header(path: Path, dtypes: Collection[str] = DTYPE_SIZES) -> RawHeader
 # what a base-model load says for each kind of header problem (names the file, gives advice)
 _MODEL_MESSAGES = {
     "unreadable": "{name} cannot be read ({reason}); check the file",
+    "special": "{reason}",
     "empty": "{name} is empty or truncated, not a safetensors file; "
              "download it again or pick another model",
     "too_big": "{name} is not a safetensors file (its header claims {n:,} bytes); "

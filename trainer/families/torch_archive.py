@@ -11,10 +11,13 @@ import zipfile
 from pathlib import Path
 
 from trainer.families.errors import name_of
+from trainer.paths import special_file_problem
 
 
 def is_torch_pickle(path: Path) -> bool:
     """A torch.save file: a zip archive (torch >= 1.6) or a bare pickle (older torch)."""
+    if special_file_problem(path):  # a FIFO: open() would wait forever
+        return False
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -26,6 +29,8 @@ def is_torch_pickle(path: Path) -> bool:
 def torch_archive_problem(path: Path) -> str:
     """Why `path` can't be a PyTorch checkpoint, in words ('' when it may be one)."""
     name = name_of(path)
+    if special_file_problem(path):
+        return special_file_problem(path)
     if not is_torch_pickle(path):
         return (f"{name} is not a PyTorch checkpoint (it does not start like one); pick a "
                 ".safetensors model, or download the .ckpt again")
