@@ -150,6 +150,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config.model.path is None:
         raise ConfigError("model.path is not set: pass --model MODEL (a diffusers folder or "
                           "a .safetensors file)")
+    from trainer.families.errors import ModelError
+    from trainer.families.layout import describe_model
+
+    model = describe_model(config.model.path)  # header and configs only: a second, not a load
+    if not model.usable:
+        raise ModelError(model.message, config.model.path)
+    if config.network.init_from:  # its header now, not after the model has loaded
+        from trainer.lora_reader import LoraFileError, read_lora_file
+
+        try:
+            read_lora_file(config.network.init_from)
+        except LoraFileError as error:
+            raise ConfigError(f"network.init_from: {error}") from None
     if args.dry_run:
         return cmd_dry_run(config)
     from trainer.checkpoint import list_checkpoints
