@@ -81,3 +81,84 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model, images, tmp_path: Path, ca
     assert len(errors) == 1, (command, kind, err)
     assert "Traceback" not in err and "bug in LoRA Studio" not in err, (command, kind, err)
     assert bad.name in errors[0] or str(bad) in errors[0], (command, kind, errors[0])
+
+
+# -- damaged files of particular kinds -----------------------------------------------------
+def _lora(path: Path, down, up, alpha=4.0) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+               f"{name}.alpha": torch.tensor(alpha)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("scalar", "has shape []; a LoRA weight is a matrix (2-D) or a conv kernel (4-D)"),
+    ("vector", "has shape [4]; a LoRA weight is a matrix"),
+    ("nan", "holds 128 non-finite values (NaN or infinity)"),
+    ("inf", "holds 1 non-finite values"),
+    ("ranks", "disagree on the rank"),
+])
+def test_a_damaged_lora_is_refused_by_inspect_and_init_from(tiny_model, images, tmp_path: Path,
+                                                            capsys, damage: str,
+                                                            expected: str) -> None:
+    """#15: a scalar or vector weight, NaN weights, up and down of different ranks were read
+    as a LoRA and used."""
+    import torch
+
+    down, up = torch.zeros(4, 32), torch.zeros(32, 4)
+    if damage == "scalar":
+        down = torch.tensor(1.0)
+    elif damage == "vector":
+        down = torch.zeros(4)
+    elif damage == "nan":
+        down = torch.full((4, 32), float("nan"))
+    elif damage == "inf":
+        up[0, 0] = float("inf")
+    elif damage == "ranks":
+        up = torch.zeros(32, 8)
+    lora = _lora(tmp_path / f"{damage}.safetensors", down, up)
+    assert cli(["inspect", str(lora)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and lora.name in err
+    code = cli(["train", "--preset", "tiny-cpu", "--model", str(tiny_model[0]), "--data",
+                str(images), "--out", str(tmp_path / "run"), "--init-from", str(lora)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"network.init_from: {lora.name}" in err and expected in err
+    assert not (tmp_path / "run").exists()  # refused before the trainer started
+
+
+def test_a_damaged_checkpoint_names_the_earlier_one_to_resume_from(tiny_model, images,
+                                                                   tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert cli(["train", "--preset", "tiny-cpu", "--model", str(tiny_model[0]), "--data",
+                str(images), "--out", str(run), "--steps", "4", "--set",
+                "output.save_every_n_steps=2", "--set", "output.verify=false"]) == 0
+    capsys.readouterr()
+    newest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    weights = newest / "lora.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short (a disk that filled up)
+    assert cli(["train", "--resume", str(run), "--steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} is damaged" in err
+    assert f"--resume {run / 'checkpoints' / 'step-000002'}" in err
+    assert "bug in LoRA Studio" not in err
+
+
+def test_a_shard_index_that_is_not_a_map_is_named(tiny_model, images, tmp_path: Path,
+                                                  capsys) -> None:
+    import shutil
+
+    model = tmp_path / "sharded"
+    shutil.copytree(tiny_model[0], model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(model / "unet" / "diffusion_pytorch_model-00001-of-00001.safetensors")
+    (model / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        '{"weight_map": ["not", "a", "map"]}')
+    code = cli(["train", "--preset", "tiny-cpu", "--model", str(model), "--data", str(images),
+                "--out", str(tmp_path / "run"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "diffusion_pytorch_model.safetensors.index.json is damaged (its weight_map is not a map" in err

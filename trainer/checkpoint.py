@@ -138,7 +138,10 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: Path) -> LoadedCheckpoint:
+    import pickle
+
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = resolve_checkpoint(path)
@@ -146,9 +149,13 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
         position = TrainingPosition(**json.loads((folder / "state.json").read_text("utf-8")))
         lora = load_file(folder / "lora.safetensors")
         state = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"{folder} is damaged ({error}); resume from an earlier "
-                              "checkpoint folder") from None
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError,
+            pickle.UnpicklingError, EOFError) as error:
+        earlier = [c for c in list_checkpoints(folder.parent.parent) if c.name < folder.name]
+        where = (f"resume from an earlier one: --resume {earlier[-1]}" if earlier else
+                 "no earlier checkpoint is left; start the run again")
+        reason = str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {folder} is damaged ({reason}); {where}") from None
     return LoadedCheckpoint(folder, position, lora, state)
 
 

@@ -514,6 +514,8 @@ def read_lora_file(path: Path | str) -> LoraFile:
     # an alpha-only "module" with no weights is not a module
     for name in [n for n, m in modules.items() if m.down is None and m.up is None]:
         unknown.extend(modules.pop(name).keys.values())
+    for module in modules.values():
+        _check_weights(path, module)
     component_alphas = _adapter_alphas(metadata)
     if component_alphas:
         for module in modules.values():
@@ -529,6 +531,30 @@ def read_lora_file(path: Path | str) -> LoraFile:
                     entries=entries, tensors=tensors, modules=modules, namings=namings,
                     unknown_keys=unknown, warnings=warnings, file_sha256=file_sha,
                     data_sha256=data_sha)
+
+
+def _check_weights(path: Path, module: LoraModule) -> None:
+    """A damaged file is refused before it is used (`--init-from`, `inspect`, `verify`): each
+    weight a matrix (2-D) or a conv kernel (4-D), up and down agreeing on the rank, and every
+    value finite."""
+    import torch
+
+    for part in ("down", "up"):
+        tensor = getattr(module, part)
+        if tensor is not None and tensor.ndim not in (2, 4):
+            raise LoraFileError(f"{path.name}: {module.keys[part]} has shape "
+                                f"{list(tensor.shape)}; a LoRA weight is a matrix (2-D) or a "
+                                "conv kernel (4-D): the file is damaged")
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise LoraFileError(f"{path.name}: {module.keys[part]} holds {bad:,} non-finite "
+                                "values (NaN or infinity): the file is damaged (a training that "
+                                "diverged?); pick another file")
+    if module.down is not None and module.up is not None and (
+            module.up.shape[1] != module.down.shape[0] or module.up.ndim != module.down.ndim):
+        raise LoraFileError(f"{path.name}: {module.keys['up']} {list(module.up.shape)} and "
+                            f"{module.keys['down']} {list(module.down.shape)} disagree on the "
+                            "rank: the file is damaged")
 
 
 # --- metadata helpers -------------------------------------------------------------------

@@ -148,9 +148,14 @@ def open_component_weights(folder: Path, stem: str) -> TensorSource:
         index = folder / name
         if index.is_file():
             try:
-                files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError) as e:
-                raise ModelError(f"{name_of(folder)}/{name} is damaged; download the model again", index) from e
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                files = sorted(set(weight_map.values()))  # a map of tensor -> shard file
+                if not all(isinstance(f, str) and "/" not in f and f != ".." for f in files):
+                    raise ValueError("shard names must be file names in the folder")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ModelError(f"{name_of(folder)}/{name} is damaged (its weight_map is not a "
+                                 "map of tensor names to shard files); download the model "
+                                 "again", index) from e
             parts = [open_checkpoint(folder / f) for f in files]
             return MultiSource(index, parts)
     for name in (f"{stem}.bin", f"{stem}.fp16.bin", "pytorch_model.bin"):
