@@ -158,7 +158,28 @@ def test_malicious_pickle_is_refused(tmp_path):
         with pytest.raises(ModelError, match="evil.ckpt") as e:
             fn(tmp_path / "evil.ckpt")
         assert "unsafe" in str(e.value) and ".safetensors" in str(e.value)
+        assert "weights_only" not in str(e.value)  # never advice to run the pickle (#15)
     assert not marker.exists()
+
+
+def test_a_checkpoint_whose_state_is_a_hostile_pickle_is_refused_without_torchs_advice(
+        tmp_path: Path) -> None:
+    """torch's own message suggests re-running with weights_only=False: running the pickle."""
+    from trainer.checkpoint import CheckpointError, load_checkpoint
+
+    folder = tmp_path / "run" / "checkpoints" / "step-000002"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text('{"step": 2, "epoch": 0, "batch_in_epoch": 2, '
+                                       '"total_steps": 4}')
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(folder / "lora.safetensors"))
+    marker = tmp_path / "pwned"
+    torch.save({"evil": _Evil(marker)}, folder / "training_state.pt")
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(tmp_path / "run")
+    message = str(refused.value)
+    assert "is damaged (its training state holds objects that are not plain tensors)" in message
+    assert "weights_only" not in message and not marker.exists()
 
 
 # -- the key table -------------------------------------------------------------------------------

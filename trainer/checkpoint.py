@@ -154,7 +154,10 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
         earlier = [c for c in list_checkpoints(folder.parent.parent) if c.name < folder.name]
         where = (f"resume from an earlier one: --resume {earlier[-1]}" if earlier else
                  "no earlier checkpoint is left; start the run again")
-        reason = str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        # never torch's own advice: it suggests weights_only=False, i.e. running the pickle
+        reason = ("its training state holds objects that are not plain tensors"
+                  if isinstance(error, pickle.UnpicklingError) else
+                  str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__)
         raise CheckpointError(f"checkpoint {folder} is damaged ({reason}); {where}") from None
     return LoadedCheckpoint(folder, position, lora, state)
 
