@@ -247,3 +247,40 @@ def test_runs_list_and_show_summarise_past_runs(tmp_path: Path, capsys) -> None:
     assert f"LoRA file: {run / 'a.safetensors'}" in shown
     assert "checkpoints: step-000003\n" in shown
     assert f"lora-train train --resume {run}" in shown
+
+
+def test_a_child_that_lives_but_makes_no_progress_is_reported(monkeypatch, tmp_path: Path) -> None:
+    """#15: heartbeats kept a job stuck in one call (open() on a hanging share) "alive"
+    forever. Heartbeats with no other event for STALL_WARNING_S give one warning per stretch;
+    a paused run is quiet on purpose and gets none."""
+    import queue as queues
+
+    import trainer.jobs as jobs
+    from trainer.events import Heartbeat, Log
+
+    monkeypatch.setattr(jobs, "STALL_WARNING_S", 0.3)
+
+    class Alive:  # a child process that never ends
+        pid = 12345
+
+        def is_alive(self) -> bool:
+            return True
+
+    job = Job(JobSpec({}, str(tmp_path / "run")))
+    job._process, job._events, job._commands = Alive(), queues.Queue(), queues.Queue()
+    job.state, job._last_seen, job._last_progress = "running", time.monotonic(), time.monotonic()
+    job._note(Log("info", "caching latents of 10000 images"))
+
+    def beating(seconds: float) -> list:
+        seen, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            job._events.put(Heartbeat())
+            seen += job.poll(0.05)
+        return seen
+
+    warnings = [e for e in beating(0.5) if isinstance(e, Log) and e.level == "warning"]
+    assert len(warnings) == 1 and not job.done
+    assert "no progress for 0 min" in warnings[0].text
+    assert "its last message: 'caching latents of 10000 images'" in warnings[0].text
+    job.send("pause")
+    assert not [e for e in beating(0.5) if isinstance(e, Log)]

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from trainer.runs import list_checkpoints
-from trainer.events import EVENTS_FILE, EventLog, Failed, Finished, Heartbeat, Event, Started
+from trainer.events import (EVENTS_FILE, Event, EventLog, Failed, Finished, Heartbeat, Log,
+                            Started)
 from trainer.job_spec import JobSpec
 from trainer.run_folder import LOCK_NAME
 
@@ -27,7 +28,8 @@ __all__ = ["Job", "JobQueue", "JobSpec"]
 
 COMMANDS = ("stop", "pause", "resume", "sample_now", "save_now")
 LEFT_BY_A_FAILED_START = {EVENTS_FILE, "config.toml", LOCK_NAME}
-HEARTBEAT_TIMEOUT_S = 30.0  # generous: a long cache fill or model load still beats every 0.5 s
+HEARTBEAT_TIMEOUT_S = 30.0
+STALL_WARNING_S = 15 * 60.0  # alive but silent this long: reported (caching 10,000 latents is quieter)  # generous: a long cache fill or model load still beats every 0.5 s
 
 
 @dataclass
@@ -40,7 +42,9 @@ class Job:
     _process: mp.process.BaseProcess | None = field(default=None, repr=False)
     _events: mp.Queue | None = field(default=None, repr=False)
     _commands: mp.Queue | None = field(default=None, repr=False)
-    _last_seen: float = 0.0
+    _last_seen: float = 0.0  # any sign of life (heartbeats included)
+    _last_progress: float = 0.0  # the last event that was not a heartbeat
+    _paused: bool = False  # a paused run is quiet on purpose
     _made_folder: bool = False  # the run folder did not exist before this job
     _trained: bool = False  # a Started event arrived: training began
 
@@ -55,7 +59,7 @@ class Job:
                                         args=(self.spec, self._events, self._commands),
                                         daemon=True)
         self._process.start()
-        self._last_seen = time.monotonic()
+        self._last_seen = self._last_progress = time.monotonic()
         self.state = "running"
 
     @property
@@ -76,6 +80,9 @@ class Job:
             raise ValueError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
         if self._commands is not None and not self.done:
             self._commands.put(command)
+            self._paused = command == "pause" or (self._paused and command not in
+                                                   ("resume", "stop"))
+            self._last_progress = time.monotonic()
 
     def poll(self, timeout: float = 0.0) -> list[Event]:
         """Events that arrived (waiting up to `timeout` for the first one); never blocks longer."""
@@ -92,6 +99,7 @@ class Job:
                 break
             self._last_seen = time.monotonic()
             if not isinstance(event, Heartbeat):
+                self._last_progress = self._last_seen
                 out.append(self._note(event))
         if not self.done:
             out.extend(self._check_alive())
@@ -155,8 +163,26 @@ class Job:
                 self.kill()
                 return [self._crashed(f"the trainer stopped responding for "
                                       f"{HEARTBEAT_TIMEOUT_S:.0f} s and was ended")]
+            return self._stalled()
+        return self._exited()
+
+    def _stalled(self) -> list[Event]:
+        """Heartbeats say the child lives, not that it gets anywhere: a run stuck in one call
+        (a file on a share that hangs) is reported, once per quiet stretch."""
+        quiet = time.monotonic() - self._last_progress
+        if self._paused or quiet < STALL_WARNING_S:
             return []
-        # Dead: drain what it managed to send, then explain its exit if it said nothing.
+        self._last_progress = time.monotonic()
+        last = self.last_event
+        since = (f"its last message: {last.text!r}" if isinstance(last, Log) else
+                 f"step {last.step}" if hasattr(last, "step") else "it started")
+        return [Log("warning", f"no progress for {quiet / 60:.0f} min: the trainer is running "
+                               f"but has reported nothing since {since}; if it stays so, stop "
+                               "it (a file it reads may be on a disk or share that hangs)")]
+
+    def _exited(self) -> list[Event]:
+        """The child is gone: what it managed to send, and why it ended if it did not say."""
+        assert self._process is not None
         self._process.join(timeout=1)
         late = []
         while self._events is not None:
