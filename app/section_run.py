@@ -278,8 +278,9 @@ class RunSection(QWidget):
         """Continue a stopped run in its own folder from its newest checkpoint."""
         if self.running or self.start_problems():
             return None
-        return self.start(JobSpec.from_config(self.binder.config, Path(run_dir),
-                                              resume=Path(run_dir)))
+        config = self.binder.config.model_copy(deep=True)
+        config.output.dir = Path(run_dir)  # where the folder is now, not where it once was
+        return self.start(JobSpec.from_config(config, Path(run_dir), resume=Path(run_dir)))
 
     # -- past runs -------------------------------------------------------------------------
     def open_run(self, run_dir: Path) -> int:

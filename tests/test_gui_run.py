@@ -214,10 +214,12 @@ def test_resume_continues_in_the_same_folder(qtbot, ready_window, tmp_path: Path
     window.run.job_factory = lambda spec: FakeJob(spec, [Started("x", 10)])
     run_dir = tmp_path / "stopped"
     run_dir.mkdir()
-    window.save_config_file(run_dir / "config.toml")
+    window.binder.set_value("output", "dir", str(tmp_path / "where-it-once-was"))
+    window.save_config_file(run_dir / "config.toml")  # a run folder that was moved since
     assert window.resume_run(run_dir)
     job = FakeJob.instances[-1]
     assert job.spec.resume == str(run_dir) and job.spec.run_dir == str(run_dir)
+    assert job.spec.config["output"]["dir"] == str(run_dir)  # the LoRA lands in it, too
 
 
 def test_text_from_files_is_shown_as_plain_text(qtbot, tmp_path: Path) -> None:
