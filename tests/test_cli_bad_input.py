@@ -162,3 +162,29 @@ def test_a_shard_index_that_is_not_a_map_is_named(tiny_model, images, tmp_path: 
     err = capsys.readouterr().err
     assert code == 2, err
     assert "diffusion_pytorch_model.safetensors.index.json is damaged (its weight_map is not a map" in err
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("cross_attention_dim", "big", "cross_attention_dim = 'big' should be a number (like 768)"),
+    ("down_block_types", [1, 2, 3, 4], "down_block_types = [1, 2, 3, 4] should be a list of words"),
+    ("act_fn", 3, "act_fn = 3 should be a word (like 'silu')"),
+])
+def test_a_diffusers_config_with_wrong_types_is_named_in_words(tiny_model, images, tmp_path: Path,
+                                                               capsys, key, value,
+                                                               expected: str) -> None:
+    """#15: a wrong type reached torch, whose message ("empty(): argument 'size' failed to
+    unpack ...") was all the user saw."""
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model[0], model)
+    config_file = model / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    config[key] = value
+    config_file.write_text(json.dumps(config))
+    code = cli(["train", "--preset", "tiny-cpu", "--model", str(model), "--data", str(images),
+                "--out", str(tmp_path / "run"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"model/unet/config.json is damaged: {expected}" in err

@@ -230,7 +230,39 @@ def _read_component(folder: Path, sub: str, stem: str, module, rename, *, dtype,
          family=family.label)
 
 
+def _kind(value) -> str | None:
+    """'number' (bools too), 'text', 'map', or a list's kind; None when unknown or empty."""
+    if isinstance(value, (bool, int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "map"
+    if isinstance(value, (list, tuple)) and value:
+        kinds = {_kind(v) for v in value}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+    return None
+
+
+def _type_problem(config: dict, reference: dict) -> str:
+    """The first field whose kind differs from the family's own config (a word where a number
+    belongs): named in words instead of the error torch gives deep inside the build. A number
+    and a list of numbers are interchangeable in diffusers' configs."""
+    for key, expected in reference.items():
+        got = config.get(key)
+        want, have = _kind(expected), _kind(got)
+        if want and have and want != have:
+            words = {"number": "number", "text": "word", "map": "map", "mixed": "value"}[want]
+            shape = f"a list of {words}s" if isinstance(expected, list) else f"a {words}"
+            return f"{key} = {got!r} should be {shape} (like {expected!r})"
+    return ""
+
+
 def _built(builder, config: dict, folder: Path, sub: str, family: Family, **kwargs):
+    problem = _type_problem(config, family.config(sub)) if (family.config_dir / sub).is_dir() else ""
+    if problem:
+        raise ModelError(f"{name_of(folder)}/{sub}/config.json is damaged: {problem}; download "
+                         "the model again", folder)
     try:
         return builder(config, **kwargs)
     except Exception as e:  # noqa: BLE001 - diffusers/transformers reject configs in many ways
