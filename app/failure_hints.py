@@ -18,6 +18,8 @@ HINTS = {
     "model": "Pick an SD 1.x, SD 2.x or SDXL model in the Base model section: a diffusers "
              "folder or one .safetensors checkpoint.",
     "config": "Fix the setting named above; its section shows it in red.",
+    "checkpoint": "The run's checkpoints are untouched: resume from another one (File > Open "
+                  "run shows the run), or press Start to begin a new run.",
     "nan": "Lower the learning rate (Training section) or turn on gradient clipping.",
     "out_of_memory": "Lower the batch size or the resolution (Dataset section), or turn on "
                      "gradient checkpointing and fp16 (Training section).",

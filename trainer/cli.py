@@ -213,7 +213,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"stopped early; continue with: lora-train train --resume {run_dir}")
         return 0
     print(f"error: {last.message}\nhint: {last.hint}", file=sys.stderr)
-    return 2 if last.kind in ("config", "dataset", "model") else 1
+    from trainer.failures import BAD_INPUT
+
+    return 2 if last.kind in BAD_INPUT else 1
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
@@ -306,14 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         print("aborted; the last checkpoint is intact", file=sys.stderr)
         return 130
     except Exception as error:  # every failure becomes one clear message, never a traceback
-        from trainer.failures import classify
+        from trainer.failures import BAD_INPUT, classify
 
         failed = classify(error)
-        text = str(error).strip() if failed.kind in ("config", "dataset", "model") else failed.message
+        text = str(error).strip() if failed.kind in BAD_INPUT else failed.message
         print(f"error: {text}\nhint: {failed.hint}", file=sys.stderr)
         if failed.kind == "internal" and os.environ.get("LORA_STUDIO_DEBUG"):
             raise
-        return 2 if failed.kind in ("config", "dataset", "model") else 1
+        return 2 if failed.kind in BAD_INPUT else 1
 
 
 if __name__ == "__main__":

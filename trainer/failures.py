@@ -10,6 +10,8 @@ HINTS = {
     "dataset": "check the dataset folder; `lora-train validate` lists every file it skips and why",
     "model": "pick an SD 1.x, SD 2.x or SDXL model: a diffusers folder or one .safetensors checkpoint",
     "config": "fix the value named above (lora-train config show prints the whole config)",
+    "checkpoint": "the run's checkpoints are untouched: resume from another one (`lora-train "
+                  "runs show RUN_DIR` lists them) or start a new run",
     "nan": "lower the learning rate or enable gradient clipping (optimizer.max_grad_norm); "
            "the last good checkpoint is kept",
     "out_of_memory": "lower the batch size or resolution, enable gradient checkpointing and "
@@ -18,6 +20,9 @@ HINTS = {
                  "`lora-train train --resume RUN_DIR` continues",
     "internal": "this is a bug in LoRA Studio; the run folder's events.jsonl has the details",
 }
+
+
+BAD_INPUT = ("config", "dataset", "model", "checkpoint")  # kinds that are the user's to fix: exit 2
 
 
 def classify(error: BaseException) -> Failed:
@@ -36,8 +41,10 @@ def classify(error: BaseException) -> Failed:
         kind = "dataset"
     elif isinstance(error, ModelError):
         kind = "model"
+    elif isinstance(error, CheckpointError):
+        kind = "checkpoint"
     elif isinstance(error, (ConfigError, NetworkError, OptimizerError, PromptError,
-                            CheckpointError, ExportError)):
+                            ExportError)):
         kind = "config"
     elif type(error).__name__ == "NonFiniteLoss":
         kind = "nan"
