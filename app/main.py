@@ -34,7 +34,8 @@ SECTIONS = ("Dataset", "Base model", "Network", "Training", "Samples", "Run", "E
 
 class MainWindow(QMainWindow):
     def __init__(self, config: TrainConfig | None = None, remember: bool = False) -> None:
-        """`remember`: restore the last session's settings and save them on close."""
+        """`remember`: restore the last session (settings, runs folder, queue) and save it as
+        it changes."""
         super().__init__()
         self.remember = remember
         not_restored = ""
