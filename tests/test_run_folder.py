@@ -28,6 +28,11 @@ def test_a_folder_of_other_files_is_refused_and_left_alone(tmp_path: Path) -> No
 def test_a_run_to_resume_is_refused_for_a_new_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
+    (run / "events.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="holds a run that saved no checkpoint"):
+        claim_run_folder(run, new_run=True)  # --resume would have nothing to resume from
+    (run / "checkpoints" / "step-000002").mkdir()
+    (run / "checkpoints" / "step-000002" / "state.json").write_text("{}")
     with pytest.raises(ConfigError, match=f"already holds a run; continue it with --resume {run}"):
         claim_run_folder(run, new_run=True)
     assert claim_run_folder(run, new_run=False)  # a resume may

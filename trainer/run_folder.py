@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 
 from trainer.config_io import ConfigError
+from trainer.runs import list_checkpoints
 
 LOCK_NAME = ".lora-studio.lock"
 RUN_MARKS = ("events.jsonl", "checkpoints")  # what says a folder holds a run already
@@ -48,8 +49,11 @@ def check_new_run_folder(run_dir: Path) -> None:
     if not names:
         return
     if any(mark in names for mark in RUN_MARKS):
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
-                          "or pick another --out")
+        if list_checkpoints(run_dir):
+            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume "
+                              f"{run_dir}, or pick another --out")
+        raise ConfigError(f"{run_dir} already holds a run that saved no checkpoint (see its "
+                          "events.jsonl); pick another --out, or delete that folder first")
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     raise ConfigError(f"{run_dir} holds files that are not a LoRA Studio run ({shown}); pick "
                       "a new or empty folder for the run")
