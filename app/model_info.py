@@ -16,7 +16,7 @@ from trainer.config import DatasetConfig, TrainConfig
 from trainer.families import get_family
 from trainer.families.layout import (AttentionBlock, ModelDescription, attention_blocks,
                                      describe_model, lora_parameter_count, native_resolution,
-                                     selected_modules)
+                                     selected_modules, text_encoder_modules)
 
 __all__ = [
     "FALLBACK_FAMILY",
@@ -33,6 +33,7 @@ __all__ = [
     "native_resolution",
     "prediction_text",
     "selected_modules",
+    "text_encoder_modules",
     "tree_blocks",
 ]
 

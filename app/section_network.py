@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLineEdit, QPlainTextEdit, QPushButton,
                                QTreeWidget, QTreeWidgetItem, QWidget)
@@ -14,10 +11,10 @@ from app.binding import Binder, dspin, number_edit, spin
 from app.colours import ERROR, set_tone
 from app.forms import Folding, Page, plain_label
 from app.model_info import (AttentionBlock, ModelDescription, lora_parameter_count,
-                            known_layout, selected_modules, tree_blocks)
+                            known_layout, selected_modules, text_encoder_modules, tree_blocks)
 from trainer.config import TARGET_PATTERN, NetworkConfig
 from trainer.families import get_family
-from trainer.families.lora_names import kohya_name, unet_kohya_names
+from trainer.families.lora_names import unet_kohya_names
 
 ROLES = {"down": "Down blocks shape the coarse layout and composition.",
          "mid": "The middle block holds the most abstract, lowest-resolution features.",
@@ -34,9 +31,6 @@ TARGET_PRESETS = {
     "self-attention only": (["down", "mid", "up"], ["attn1"], ALL_PROJECTIONS),
 }
 NETWORK_DEFAULTS = NetworkConfig()
-# what a text-encoder LoRA adapts in each CLIP layer (the trainer's TEXT_ENCODER_TARGET)
-TEXT_ENCODER_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
-CLIP_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 BYTES_PER_PARAMETER = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
@@ -56,38 +50,6 @@ def as_settings(entries: list[str]) -> dict[str, list[str] | None]:
                 "projections": projections}
     return {"targets": list(entries), "blocks": NETWORK_DEFAULTS.blocks,
             "attention": NETWORK_DEFAULTS.attention, "projections": NETWORK_DEFAULTS.projections}
-
-
-def text_encoder_config(family: str, component: str, model_path: Path | None) -> dict:
-    """A text encoder's shape config: the model folder's own (the demo's tiny CLIP differs
-    from its family's), else the family's bundled one (a single checkpoint file of a family
-    always has the family's text encoders)."""
-    own = Path(model_path) / component / "config.json" if model_path else None
-    if own is not None and own.is_file():
-        try:
-            data = json.loads(own.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {}
-        if isinstance(data, dict) and all(isinstance(data.get(k), int) for k in CLIP_SHAPE_KEYS):
-            return data
-    return get_family(family).config(component)
-
-
-def text_encoder_modules(family: str, model_path: Path | None) -> list[tuple[str, int, int]]:
-    """(kohya name, in features, out features) of every text-encoder layer a text-encoder
-    LoRA adapts: q/k/v/out of self-attention and both MLP layers, in every CLIP layer of
-    every text encoder of the family (SDXL: both)."""
-    modules = []
-    for spec in get_family(family).text_encoders:
-        config = text_encoder_config(family, spec.component, model_path)
-        width, inner = config["hidden_size"], config["intermediate_size"]
-        for layer in range(config["num_hidden_layers"]):
-            path = f"text_model.encoder.layers.{layer}"
-            shapes = [(f"self_attn.{name}", width, width) for name in TEXT_ENCODER_ATTENTION]
-            shapes += [("mlp.fc1", width, inner), ("mlp.fc2", inner, width)]
-            modules += [(kohya_name(spec.kohya_prefix, f"{path}.{name}"), fan_in, fan_out)
-                        for name, fan_in, fan_out in shapes]
-    return modules
 
 
 def size_text(size: int) -> str:

@@ -85,8 +85,8 @@ def build_config(data: dict[str, Any], source: str = "") -> TrainConfig:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    if special_file_problem(path):
-        raise ConfigError(special_file_problem(path))
+    if problem := special_file_problem(path):
+        raise ConfigError(problem)
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

@@ -100,8 +100,8 @@ def cover_thumbnail(image: Path, max_side: int = THUMBNAIL_SIDE) -> str:
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if special_file_problem(image):  # Image.open on a FIFO would wait forever
-        raise ExportError(f"cover image: {special_file_problem(image)}")
+    if problem := special_file_problem(image):  # Image.open on a FIFO would wait forever
+        raise ExportError(f"cover image: {problem}")
     try:
         with warnings.catch_warnings():
             # past PIL's pixel limit it only warns; a cover that big is a decompression bomb

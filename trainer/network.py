@@ -22,14 +22,14 @@ from torch import nn
 
 from trainer.config import NetworkConfig
 from trainer.families import Family, get_family
-from trainer.families.lora_names import kohya_name, unet_kohya_names
+from trainer.families.lora_names import TEXT_ENCODER_LAYERS, kohya_name, unet_kohya_names
 
 ADAPTER = "default"
 UNET_ATTENTION = re.compile(
     r"^(?P<block>down_blocks\.(?P<down>\d+)|mid_block|up_blocks\.(?P<up>\d+))\.attentions\.\d+"
     r"\.transformer_blocks\.\d+\.(?P<attn>attn1|attn2)\.(?P<proj>to_q|to_k|to_v|to_out\.0)$")
-TEXT_ENCODER_TARGET = re.compile(
-    r"^(text_model\.)?encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
+TEXT_ENCODER_TARGET = re.compile(r"^(text_model\.)?encoder\.layers\.\d+\.(" + "|".join(
+    re.escape(name) for name in TEXT_ENCODER_LAYERS) + ")$")
 
 
 class NetworkError(ValueError):

@@ -179,9 +179,10 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
         source = f"dataset.folders[{index}]"
         parsed = parse_repeat_folder(path.name)
         before = len(subsets)
-        if _has_images(entries) and implausible_repeats(path.name) and not folder.repeats:
-            notes.append((path, implausible_repeats(path.name) + ": trained with 1 repeat; "
-                                "set its Repeats to change that"))
+        implausible = implausible_repeats(path.name)
+        if _has_images(entries) and implausible and not folder.repeats:
+            notes.append((path, f"{implausible}: trained with 1 repeat; set its Repeats to "
+                                "change that"))
         if _has_images(entries):
             repeats = folder.repeats or (parsed[0] if parsed else 1)
             tokens = folder.class_tokens or (parsed[1] if parsed else "")

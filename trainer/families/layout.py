@@ -18,6 +18,7 @@ from .checkpoint_keys import unet_sgm_paths
 from .config_inference import infer_unet_config
 from .detect import classify_folder, classify_keys, read_json
 from .errors import ModelError
+from .lora_names import TEXT_ENCODER_LAYERS, kohya_name
 from .safetensors_header import read_header
 from .torch_archive import torch_archive_problem
 
@@ -205,3 +206,37 @@ def selected_modules(unet: dict, network: NetworkConfig) -> list[tuple[str, int,
 def lora_parameter_count(modules: list[tuple[str, int, int]], rank: int) -> int:
     """Trainable parameters: rank x (in + out) per adapted module (down and up matrices)."""
     return sum(rank * (fan_in + fan_out) for _, fan_in, fan_out in modules)
+
+
+CLIP_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers")
+
+
+def text_encoder_config(family: str, component: str, model_path: Path | str | None) -> dict:
+    """A text encoder's shape config: the model folder's own (the demo's tiny CLIP differs
+    from its family's), else the family's bundled one (a single checkpoint file of a family
+    always has the family's text encoders)."""
+    own = Path(model_path) / component / "config.json" if model_path else None
+    if own is not None and own.is_file():
+        try:
+            data = read_json(own)
+        except ModelError:
+            data = {}
+        if isinstance(data, dict) and all(isinstance(data.get(k), int) for k in CLIP_SHAPE_KEYS):
+            return data
+    return get_family(family).config(component)
+
+
+def text_encoder_modules(family: str,
+                         model_path: Path | str | None) -> list[tuple[str, int, int]]:
+    """(kohya name, in features, out features) of every text-encoder layer a text-encoder
+    LoRA adapts (TEXT_ENCODER_LAYERS, what the trainer matches), in every CLIP layer of every
+    text encoder of the family (SDXL: both)."""
+    modules = []
+    for spec in get_family(family).text_encoders:
+        config = text_encoder_config(family, spec.component, model_path)
+        for layer in range(config["num_hidden_layers"]):
+            path = f"text_model.encoder.layers.{layer}"
+            modules += [(kohya_name(spec.kohya_prefix, f"{path}.{name}"),
+                         config[fan_in], config[fan_out])
+                        for name, (fan_in, fan_out) in TEXT_ENCODER_LAYERS.items()]
+    return modules

@@ -8,6 +8,17 @@ from __future__ import annotations
 from .checkpoint_keys import unet_sgm_paths
 from .family import Family
 
+# What a text-encoder LoRA adapts in each CLIP layer, with the config keys of each layer's
+# (in, out) features: the trainer matches these, the window counts them.
+TEXT_ENCODER_LAYERS: dict[str, tuple[str, str]] = {
+    "self_attn.q_proj": ("hidden_size", "hidden_size"),
+    "self_attn.k_proj": ("hidden_size", "hidden_size"),
+    "self_attn.v_proj": ("hidden_size", "hidden_size"),
+    "self_attn.out_proj": ("hidden_size", "hidden_size"),
+    "mlp.fc1": ("hidden_size", "intermediate_size"),
+    "mlp.fc2": ("intermediate_size", "hidden_size"),
+}
+
 
 def kohya_name(prefix: str, module_path: str) -> str:
     """`lora_unet_` + path with dots as underscores. Text encoder paths are written in the

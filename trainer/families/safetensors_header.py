@@ -113,8 +113,8 @@ def parse_header(path: Path, dtypes: Collection[str] = DTYPE_SIZES) -> RawHeader
     the data section is all there (truncation). No tensor data is read.
     """
     path = Path(path)
-    if special_file_problem(path):  # open() on a FIFO would wait forever
-        raise SafetensorsError("special", path, reason=special_file_problem(path))
+    if problem := special_file_problem(path):  # open() on a FIFO would wait forever
+        raise SafetensorsError("special", path, reason=problem)
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:

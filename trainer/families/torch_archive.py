@@ -29,8 +29,8 @@ def is_torch_pickle(path: Path) -> bool:
 def torch_archive_problem(path: Path) -> str:
     """Why `path` can't be a PyTorch checkpoint, in words ('' when it may be one)."""
     name = name_of(path)
-    if special_file_problem(path):
-        return special_file_problem(path)
+    if problem := special_file_problem(path):
+        return problem
     if not is_torch_pickle(path):
         return (f"{name} is not a PyTorch checkpoint (it does not start like one); pick a "
                 ".safetensors model, or download the .ckpt again")
