@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (QApplication, QHBoxLayout, QLabel, QListView, QPl
 from app.binding import Binder
 from app.colours import ERROR, set_tone, tone_colour
 from trainer.atomic import atomic_write_text
+from trainer.paths import is_folder
 
 SIZE = 96
 IMAGE_NAME = re.compile(r"\.(png|jpe?g|webp|bmp)\Z", re.IGNORECASE)
@@ -39,7 +40,7 @@ def _images_in(folder: str) -> tuple[list[str], list[str]]:
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.is_dir():
+                if is_folder(entry):
                     folders.append(entry.path)
                 elif IMAGE_NAME.search(entry.name):
                     images.append(entry.path)

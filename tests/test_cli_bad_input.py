@@ -83,6 +83,17 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model, images, tmp_path: Path, ca
     assert bad.name in errors[0] or str(bad) in errors[0], (command, kind, errors[0])
 
 
+@pytest.mark.parametrize("kind", ["missing", "random bytes"])
+def test_runs_list_of_a_file_or_nothing_says_so(tmp_path: Path, capsys, kind: str) -> None:
+    """#15: `runs list passwd` said "no runs under passwd" and exit 0, as for an empty folder."""
+    bad = _malformed(tmp_path, kind, ".txt")
+    code = cli(["runs", "list", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[0] == (
+        f"error: {bad} {'does not exist' if kind == 'missing' else 'is not a folder'}; "
+        "pass the folder that holds the runs")
+
+
 # -- damaged files of particular kinds -----------------------------------------------------
 def _lora(path: Path, down, up, alpha=4.0) -> Path:
     import torch

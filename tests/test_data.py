@@ -211,9 +211,16 @@ def test_symlink_loops_do_not_hang_and_are_not_followed(tmp_path):
     (root / "5_loop2").mkdir()
     (root / "5_loop2" / "back").symlink_to(root / "5_loop2", target_is_directory=True)
     (root / "ghost.png").symlink_to(tmp_path / "missing.png")
+    # links to themselves: Python's DirEntry.is_dir() raises ELOOP on these (#15)
+    (root / "self.png").symlink_to(root / "self.png")
+    (root / "a2.txt").symlink_to(root / "a2.txt")
+    (root / "7_self").symlink_to(root / "7_self")
     report = scan_dataset(config_for(root))
     assert [i.path.name for i in report.items] == ["a.png"]
-    assert reasons(report)["ghost.png"].startswith("broken link")
+    found = reasons(report)
+    assert found["ghost.png"].startswith("broken link")
+    assert found["self.png"] == found["a2.txt"] == "symbolic link loop (it leads back to itself)"
+    assert "symbolic link loop" in found["7_self"]
 
 
 def test_kohya_repeat_folders(tmp_path):
@@ -514,3 +521,16 @@ def test_a_date_prefix_is_not_read_as_millions_of_repeats(tmp_path: Path) -> Non
     assert "1 repeat" in notes[trip]
     beach = notes[parent / "20240102_beach"]
     assert beach.startswith("subfolder ignored (the prefix 20240102") and "rename it" in beach
+
+
+def test_the_windows_thumbnail_listing_survives_a_link_loop(tmp_path):
+    """#15: one link loop beside the images made the window's listing raise on is_dir() and
+    show none of the folder's images."""
+    from app.thumbnails import dataset_images
+
+    save_image(tmp_path / "a.png")
+    save_image(tmp_path / "5_sub" / "b.png")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "z.png").symlink_to(tmp_path / "z.png")
+    images, count = dataset_images([tmp_path])
+    assert [p.name for p in images] == ["a.png", "z.png", "b.png"] and count == 3

@@ -17,6 +17,7 @@ from trainer.config import TrainConfig
 from trainer.config_io import (ConfigError, apply_override, build_config, config_to_toml,
                                list_presets, load_config_data, merge, parse_override,
                                preset_path)
+from trainer.paths import resolved
 
 
 def _quiet_libraries() -> None:
@@ -46,7 +47,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
 
 def resumed_run_dir(resume: Path) -> Path:
     """The run folder of `--resume`: the folder itself, or the run holding a checkpoint."""
-    resume = resume.resolve()
+    resume = resolved(resume)
     return resume.parents[1] if resume.parent.name == "checkpoints" else resume
 
 
@@ -71,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         # an empty path would resolve to the current folder: refuse it rather than guess
         if not str(value).strip():
             raise ConfigError(f"--{flag} is empty; give a path (or leave the flag out)")
-        return str((cwd / value).resolve())
+        return str(resolved(cwd / value))
 
     short: dict[str, Any] = {}
     if args.model is not None:
@@ -169,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.jobs import Job, JobSpec
     from trainer.progress import ProgressPrinter
 
-    resume = args.resume.resolve() if args.resume else None
+    resume = resolved(args.resume) if args.resume else None
     if resume is not None and args.out is None:  # the run continues in its folder, wherever
         config.output.dir = resumed_run_dir(resume)  # it is now (not its stored output.dir)
     run_dir = run_dir_for(config)
@@ -221,6 +222,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from trainer.runs import find_runs, format_summary, summarize_run
 
+    folder = Path(args.dir).expanduser()
+    if not folder.is_dir():  # "no runs under passwd" would read as an empty folder
+        what = "does not exist" if not os.path.lexists(folder) else "is not a folder"
+        raise ConfigError(f"{folder} {what}; pass the folder that holds the runs")
     runs = find_runs(args.dir)
     for run in runs:
         print(format_summary(summarize_run(run)))

@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainer.paths import special_file_problem
+
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     from trainer.checkpoint import CheckpointError
@@ -61,6 +63,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from trainer.verify import verify_lora_file
 
+    if problem := special_file_problem(args.base):  # a FIFO or a link loop, named as such
+        return _fail(problem)
     if not Path(args.base).exists():
         return _fail(f"base model {args.base} does not exist; pass the model the LoRA was "
                      "trained on (a diffusers folder or a .safetensors file)")

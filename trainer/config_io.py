@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from trainer.atomic import atomic_write_text
 from trainer.config import SCHEMA_VERSION, TrainConfig
-from trainer.paths import special_file_problem
+from trainer.paths import resolved, special_file_problem
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 PATH_FIELDS = (("dataset", "kohya_config"), ("model", "path"), ("network", "init_from"),
@@ -107,7 +107,7 @@ def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Paths in a TOML file are relative to that file's folder, as a user would expect."""
     def fix(value: Any) -> Any:
         if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
-            return str((base / value).resolve())
+            return str(resolved(base / value))
         return os.path.expanduser(value) if isinstance(value, str) else value
 
     for section, key in PATH_FIELDS:
@@ -122,7 +122,7 @@ def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 def preset_path(name_or_path: str) -> Path:
     """A built-in preset name (`tiny-cpu`) or a path to a TOML file."""
     candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or candidate.exists():
+    if candidate.suffix == ".toml" or os.path.lexists(candidate):  # a broken link is a path too
         return candidate
     path = PRESETS_DIR / f"{name_or_path}.toml"
     if not path.exists():
@@ -140,7 +140,7 @@ def list_presets() -> list[str]:
 def load_config_data(path: Path) -> dict[str, Any]:
     """A config or preset file as a dict, validated, with its relative paths resolved."""
     data = read_toml(path)
-    data = resolve_relative_paths(data, path.resolve().parent)
+    data = resolve_relative_paths(data, resolved(path).parent)
     build_config(data, source=str(path))  # fail here, naming the file
     return data
 

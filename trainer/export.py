@@ -191,6 +191,8 @@ def export_checkpoint(checkpoint: Path, out: Path, *, precision: str | None = No
     from trainer.metadata import apply_user_metadata
 
     checkpoint = Path(checkpoint)
+    if problem := special_file_problem(checkpoint):  # a link loop is no missing folder
+        raise ExportError(problem)
     if not checkpoint.exists():
         raise ExportError(f"{checkpoint} does not exist; pass a run folder or a "
                           "checkpoints/step-NNNNNN folder")

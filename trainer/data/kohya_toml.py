@@ -21,6 +21,7 @@ from trainer.config import MAX_REPEATS, DatasetConfig
 from trainer.config_io import ConfigError, read_toml
 from trainer.data.subsets import (DatasetError, DatasetSettings, ResolvedDataset, Subset,
                                   subset_defaults, unique_names)
+from trainer.paths import resolved
 
 DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                 "bucket_reso_steps", "bucket_no_upscale")
@@ -132,7 +133,7 @@ def load_kohya_dataset(path: Path | str, dataset: DatasetConfig) -> ResolvedData
     """Read a kohya dataset TOML into subsets and dataset-wide settings."""
     source = Path(os.path.expanduser(str(path)))
     data = read_toml(source)
-    base = source.resolve().parent
+    base = resolved(source).parent
     notes: list[tuple[Path, str]] = []
     for key in data:
         if key not in ("general", "datasets"):

@@ -25,6 +25,7 @@ from trainer.data.report import DatasetReport, ImageItem, SkippedFile
 from trainer.data.kohya_toml import load_kohya_dataset
 from trainer.data.subsets import (IMAGE_EXTENSIONS, DatasetSettings, ResolvedDataset, Subset,
                                   folder_subsets)
+from trainer.paths import is_regular_file, link_problem
 
 UNSUPPORTED_EXTENSIONS = frozenset({".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl",
                                     ".psd", ".svg", ".ico", ".jfif", ".jp2", ".tga", ".exr"})
@@ -45,13 +46,6 @@ class _Checked:
     caption_error: str = ""
 
 
-def _is_file(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
-
-
 def list_subset(subset: Subset) -> tuple[list[_Candidate], list[SkippedFile]]:
     """The image files of one subset folder (not recursive, symlinked folders never followed),
     with their caption files; duplicates, orphan captions and odd files reported."""
@@ -70,9 +64,10 @@ def list_subset(subset: Subset) -> tuple[list[_Candidate], list[SkippedFile]]:
         if name.startswith("."):
             continue  # .DS_Store, ._name AppleDouble files, hidden files
         suffix = os.path.splitext(lower)[1]
-        if not _is_file(entry):
-            if entry.is_symlink() and (suffix in IMAGE_EXTENSIONS or lower.endswith(extension)):
-                skipped.append(SkippedFile(Path(entry.path), "broken link (its target is missing)"))
+        if not is_regular_file(entry):
+            if suffix in IMAGE_EXTENSIONS or lower.endswith(extension):
+                if problem := link_problem(entry.path):
+                    skipped.append(SkippedFile(Path(entry.path), problem))
             continue
         if lower.endswith(extension) and len(name) > len(extension):
             captions[name[: len(name) - len(extension)]] = Path(entry.path)

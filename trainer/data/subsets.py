@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trainer.config import MAX_REPEATS, DatasetConfig
+from trainer.paths import is_folder, is_regular_file, link_problem
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -133,15 +134,8 @@ def unique_names(subsets: list[Subset]) -> list[Subset]:
 
 
 def _has_images(entries: list[os.DirEntry]) -> bool:
-    return any(entry.name.lower().endswith(tuple(IMAGE_EXTENSIONS)) and _is_file(entry)
+    return any(entry.name.lower().endswith(tuple(IMAGE_EXTENSIONS)) and is_regular_file(entry)
                for entry in entries)
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
 
 
 def _list_dir(path: Path) -> list[os.DirEntry]:
@@ -190,9 +184,12 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
                                   is_reg=folder.is_reg, class_tokens=tokens, source=source,
                                   **options))
         for entry in entries:
-            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
-                if entry.is_symlink() and entry.is_dir():
+            if entry.name.startswith(".") or not is_folder(entry, follow_symlinks=False):
+                if entry.is_symlink() and is_folder(entry):
                     notes.append((Path(entry.path), "symlinked folder not followed"))
+                elif entry.is_symlink() and parse_repeat_folder(entry.name):
+                    notes.append((Path(entry.path), link_problem(entry.path)
+                                  or "symlinked folder not followed"))
                 continue
             sub = parse_repeat_folder(entry.name)
             if sub is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from trainer.families.detect import ARCHITECTURE_NAMES as FAMILY_NAMES  # noqa: F401 - re-exported
 from trainer.families.detect import classify_folder, classify_keys
 from trainer.families.errors import ModelError, name_of
+from trainer.paths import special_file_problem
 
 
 def detect_architecture(path: Path) -> str:
@@ -26,6 +27,8 @@ def detect_architecture(path: Path) -> str:
     path = Path(path).expanduser()
     if path.is_dir():
         return classify_folder(path)
+    if problem := special_file_problem(path):  # a link loop is no missing file
+        raise ModelError(problem, path)
     if not path.exists():
         raise ModelError(f"{name_of(path)} does not exist; check the path", path)
     from .checkpoint_io import open_checkpoint  # torch is imported only for a .ckpt

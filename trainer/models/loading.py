@@ -26,6 +26,7 @@ from trainer.families.checkpoint_keys import KeyTable, build_key_table, ignorabl
 from trainer.families.detect import classify_folder, classify_keys, read_json  # noqa: E402
 from trainer.families.errors import ModelError, few, name_of  # noqa: E402
 from trainer.families.family import CLIP_TOKENIZER_DIR  # noqa: E402
+from trainer.paths import special_file_problem  # noqa: E402
 
 from .base_model import BaseModel  # noqa: E402
 from .checkpoint_io import TensorSource, open_checkpoint, open_component_weights  # noqa: E402
@@ -316,6 +317,8 @@ def load_base_model(path: Path, *, dtype: torch.dtype = torch.float32, device="c
     path = Path(path).expanduser()
     if path.is_dir():
         return _load_folder(path, dtype, device)
+    if problem := special_file_problem(path):  # a link loop is no missing file
+        raise ModelError(problem, path)
     if not path.exists():
         raise ModelError(f"{name_of(path)} does not exist; check the path", path)
     return _load_single_file(path, dtype, device)
