@@ -1,8 +1,8 @@
 """What a base model means for the window, on top of `trainer.families.layout` (torch-free).
 
 The trainer's families package reads the header or configs, detects the family and prediction
-type and does the module arithmetic (`describe_model`, `attention_blocks`, `selected_modules`,
-`lora_parameter_count`); this module only adds what the sections decide from it:
+type and does the module arithmetic (`describe_model`, `unet_blocks`, `selected_modules`,
+`network_parameter_count`); this module only adds what the sections decide from it:
 
 - `tree_blocks`: which blocks the layer tree shows (the model's own, else the SD 1.x layout);
 - `follow_model`: which dataset and sampling sizes move when another model is picked.
@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 from trainer.config import DatasetConfig, TrainConfig
 from trainer.families import get_family
-from trainer.families.layout import (AttentionBlock, ModelDescription, attention_blocks,
-                                     describe_model, lora_parameter_count, native_resolution,
-                                     selected_modules, text_encoder_modules)
+from trainer.families.layout import (ModelDescription, UNetBlock, attention_blocks,
+                                     describe_model, layer_parameter_count,
+                                     native_resolution, network_parameter_count,
+                                     selected_modules, text_encoder_modules, unet_blocks)
 
 __all__ = [
     "FALLBACK_FAMILY",
     "PREDICTION_NAMES",
-    "AttentionBlock",
     "Follow",
     "ModelDescription",
     "attention_blocks",
@@ -29,12 +29,15 @@ __all__ = [
     "effective",
     "follow_model",
     "known_layout",
-    "lora_parameter_count",
+    "layer_parameter_count",
+    "network_parameter_count",
     "native_resolution",
     "prediction_text",
     "selected_modules",
     "text_encoder_modules",
     "tree_blocks",
+    "UNetBlock",
+    "unet_blocks",
 ]
 
 FALLBACK_FAMILY = "sd1"  # the layout the layer tree shows before a model is picked
@@ -67,13 +70,13 @@ def effective(description: ModelDescription, prediction_override: str) -> ModelD
         unet_config=description.unet_config)
 
 
-def tree_blocks(description: ModelDescription) -> tuple[str, list[AttentionBlock]]:
+def tree_blocks(description: ModelDescription) -> tuple[str, list[UNetBlock]]:
     """(family, blocks) for the layer tree: the picked model's real blocks, or the SD 1.x
     layout while no model (or a model without a readable layout, such as a .ckpt) is picked."""
     if known_layout(description):
-        return description.family, attention_blocks(description.family, description.unet_config)
+        return description.family, unet_blocks(description.family, description.unet_config)
     family = get_family(FALLBACK_FAMILY)
-    return family.name, attention_blocks(family.name, family.config("unet"))
+    return family.name, unet_blocks(family.name, family.config("unet"))
 
 
 def known_layout(description: ModelDescription) -> bool:

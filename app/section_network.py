@@ -1,55 +1,43 @@
-"""The Network section: rank, alpha, dropout, which attention layers get a LoRA, and the count
-(the U-Net's layers, and the text encoders' when their LoRA is trained)."""
+"""The Network section: rank, alpha, dropout, which layer groups and layers get a LoRA (the
+attention projections, kohya's transformer set, LoCon's convolutions), and the count (the
+U-Net's layers, and the text encoders' when their LoRA is trained)."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLineEdit, QPlainTextEdit, QPushButton,
-                               QTreeWidget, QTreeWidgetItem, QWidget)
+                               QTreeWidgetItem, QWidget)
 
-from app.binding import Binder, dspin, number_edit, spin
+from app.binding import Binder, combo, dspin, number_edit, spin
 from app.colours import ERROR, set_tone
 from app.forms import Folding, Page, plain_label
-from app.model_info import (AttentionBlock, ModelDescription, lora_parameter_count,
-                            known_layout, selected_modules, text_encoder_modules, tree_blocks)
-from trainer.config import TARGET_PATTERN, NetworkConfig
+from app.model_info import (ModelDescription, known_layout, layer_parameter_count,
+                            network_parameter_count, selected_modules, text_encoder_modules,
+                            tree_blocks)
+from app.target_tree import (ALL_PROJECTIONS, TargetTree, as_settings, modules_key,
+                             split_entry, with_groups)
 from trainer.families import get_family
 from trainer.families.lora_names import unet_kohya_names
 
-ROLES = {"down": "Down blocks shape the coarse layout and composition.",
-         "mid": "The middle block holds the most abstract, lowest-resolution features.",
-         "up": "Up blocks paint the details and the style."}
-ATTENTION = [("attn1", "Self-attention (attn1)", "How the image relates to itself."),
-             ("attn2", "Cross-attention (attn2)", "How the words of the prompt steer the image.")]
-PROJECTIONS = [("to_q", "q (query)"), ("to_k", "k (key)"), ("to_v", "v (value)"),
-               ("to_out.0", "out (output)")]
-ALL_PROJECTIONS = [value for value, _ in PROJECTIONS]
-PROJECTIONS_PER_TRANSFORMER = len(ATTENTION) * len(PROJECTIONS)
+# network.modules as the window offers it: one choice of what gets adapted
+MODULE_CHOICES = [
+    ("Attention layers (default)", "attention"),
+    ("Attention + feed-forward (kohya's default set)", "transformer"),
+    ("Attention + convolutions (LoCon)", "attention+conv"),
+    ("kohya's set + convolutions (LoCon)", "transformer+conv"),
+    ("Convolutions only", "conv"),
+]
+MODULES_TIP = (
+    "Which kinds of layer get a LoRA. Attention: the default, small files, learns styles and "
+    "characters well. kohya's set adds the feed-forward layers and proj_in/out: about twice "
+    "the file, a little more detail (what kohya_ss trains by default). Convolutions (LoCon) "
+    "add the ResNet layers with their own conv rank: textures, brush strokes and fine detail, "
+    "files two to three times bigger.")
 TARGET_PRESETS = {
     "attention (all)": (["down", "mid", "up"], ["attn1", "attn2"], ALL_PROJECTIONS),
     "cross-attention only": (["down", "mid", "up"], ["attn2"], ALL_PROJECTIONS),
     "self-attention only": (["down", "mid", "up"], ["attn1"], ALL_PROJECTIONS),
 }
-NETWORK_DEFAULTS = NetworkConfig()
 BYTES_PER_PARAMETER = {"fp16": 2, "bf16": 2, "fp32": 4}
-
-
-def as_settings(entries: list[str]) -> dict[str, list[str] | None]:
-    """The network fields for a list of target entries: blocks × attention × projections when
-    the entries are exactly such a product (so presets stay in the form older files use),
-    else `targets` with the other three at their defaults (they are ignored then)."""
-    if not entries:  # refused with its reason; the other fields keep their meaning
-        return {"targets": []}
-    parts = [TARGET_PATTERN.match(entry) for entry in entries]
-    blocks = list(dict.fromkeys(part["kind"] + (f".{part['index']}" if part["index"] else "")
-                                for part in parts))
-    attention = list(dict.fromkeys(part["attn"] for part in parts))
-    projections = [p for p in ALL_PROJECTIONS if any(part["proj"] == p for part in parts)]
-    if len(set(entries)) == len(blocks) * len(attention) * len(projections):
-        return {"targets": None, "blocks": blocks, "attention": attention,
-                "projections": projections}
-    return {"targets": list(entries), "blocks": NETWORK_DEFAULTS.blocks,
-            "attention": NETWORK_DEFAULTS.attention, "projections": NETWORK_DEFAULTS.projections}
 
 
 def size_text(size: int) -> str:
@@ -58,121 +46,6 @@ def size_text(size: int) -> str:
         if round(size / scale, 1) >= 1:  # 999,990 bytes reads "1.0 MB", not "1000 KB"
             return f"{size / scale:.1f} {unit}"
     return f"{size / 1e3:.0f} KB" if round(size / 1e3) >= 1 else f"{size} bytes"
-
-
-def block_label(block: AttentionBlock) -> str:
-    """'Down block 1 (input blocks 4, 5) · 4 transformer blocks'."""
-    transformers = block.modules // PROJECTIONS_PER_TRANSFORMER
-    return f"{block.label} · {transformers} transformer block{'s' * (transformers != 1)}"
-
-
-def block_tooltip(block: AttentionBlock) -> str:
-    """The block's role, its transformer stacks and depth, and what its box sets."""
-    kind = block.key.partition(".")[0]
-    depth = max(1, block.transformer_depth)
-    stacks = block.modules // PROJECTIONS_PER_TRANSFORMER // depth
-    shape = (f"{stacks} × {depth} transformer blocks ({stacks} stacks, {depth} deep)"
-             if stacks > 1 else f"{depth} transformer block{'s' * (depth != 1)}")
-    return (f"{ROLES[kind]} {block.label}: {shape}, {block.modules} projections in all. "
-            f"Its box ticks or unticks all of them ('{block.key}' in the settings).")
-
-
-class TargetTree(QTreeWidget):
-    """Block > attention kind > projection, one check box per leaf; a parent's box ticks or
-    unticks everything under it and shows partly ticked when its leaves differ.
-
-    The blocks are the picked model's own (`set_blocks`; SDXL: down 1-2, middle, up 0-1 with
-    their SGM input / output block numbers); a leaf's key is the target entry it stands for,
-    "down.1.attn1.to_q" ("mid.attn1.to_q" for the middle block)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setHeaderHidden(True)
-        self.setMinimumHeight(240)
-        self.leaves: dict[str, QTreeWidgetItem] = {}  # "up.1.attn2.to_k" -> leaf
-        self.block_items: dict[str, QTreeWidgetItem] = {}  # "up.1" -> its box
-        self.family = ""
-
-    def set_blocks(self, family: str, blocks: list[AttentionBlock]) -> None:
-        """Show these blocks (every box ticked until `show_network` says otherwise)."""
-        self.family = family
-        blocked = self.blockSignals(True)  # building is no edit: itemChanged stays quiet
-        try:
-            self._build(blocks)
-        finally:
-            self.blockSignals(blocked)
-        self.expandToDepth(0)
-
-    def _build(self, blocks: list[AttentionBlock]) -> None:
-        self.clear()
-        self.leaves.clear()
-        self.block_items.clear()
-        for block in blocks:
-            item = self._item(self, block_label(block), block_tooltip(block))
-            self.block_items[block.key] = item
-            for attn, attn_label, tip in ATTENTION:
-                group = self._item(item, attn_label, tip)
-                for proj, proj_label in PROJECTIONS:
-                    key = f"{block.key}.{attn}.{proj}"
-                    leaf = self._item(group, proj_label, f"{key}: the {proj_label} projection.")
-                    leaf.setData(0, Qt.UserRole, key)
-                    self.leaves[key] = leaf
-
-    @staticmethod
-    def _item(parent, label: str, tip: str) -> QTreeWidgetItem:
-        item = QTreeWidgetItem(parent, [label])
-        item.setFlags(item.flags() | Qt.ItemIsUserCheckable | Qt.ItemIsAutoTristate)
-        item.setCheckState(0, Qt.Checked)
-        item.setToolTip(0, tip)
-        return item
-
-    def entries(self) -> list[str]:
-        """The ticked leaves as target entries. A leaf ticked in every block of its kind is
-        written for the kind ('up.attn2.to_k' rather than 'up.1...' and 'up.2...'), so that
-        everything ticked is the plain default and presets keep the form older files use."""
-        ticked = [key for key, leaf in self.leaves.items() if leaf.checkState(0) == Qt.Checked]
-        kinds: dict[str, list[str]] = {}
-        for block in self.block_items:
-            kinds.setdefault(block.partition(".")[0], []).append(block)
-        out: list[str] = []
-        for key in ticked:
-            block, leaf = _split(key)
-            kind = block.partition(".")[0]
-            if all(f"{other}.{leaf}" in ticked for other in kinds[kind]):
-                key = f"{kind}.{leaf}"
-            if key not in out:
-                out.append(key)
-        return out
-
-    def show_network(self, network: NetworkConfig) -> None:
-        """Tick exactly the leaves the settings select (`NetworkConfig.selects`, as the
-        trainer asks)."""
-        for key, leaf in self.leaves.items():
-            block, leaf_name = _split(key)
-            kind, _, index = block.partition(".")
-            attn, proj = leaf_name.split(".", 1)
-            chosen = network.selects(kind, index or "0", attn, proj)
-            leaf.setCheckState(0, Qt.Checked if chosen else Qt.Unchecked)
-
-    def unknown_entries(self, network: NetworkConfig) -> list[str]:
-        """Entries of the settings that name no block shown (a block this model lacks)."""
-        kinds = {block.partition(".")[0] for block in self.block_items}
-        out = []
-        for entry in network.target_layers:
-            part = TARGET_PATTERN.match(entry)
-            block = part["kind"] + (f".{part['index']}" if part["index"] else "")
-            if block == "mid.0":
-                block = "mid"
-            if block not in self.block_items and block not in kinds:
-                out.append(entry)
-        return out
-
-
-def _split(key: str) -> tuple[str, str]:
-    """'down.1.attn1.to_q' -> ('down.1', 'attn1.to_q'); 'mid.attn2.to_out.0' -> ('mid', ...)."""
-    part = TARGET_PATTERN.match(key)
-    block = part["kind"] + (f".{part['index']}" if part["index"] else "")
-    return block, f"{part['attn']}.{part['proj']}"
 
 
 class NetworkSection(Page):
@@ -196,6 +69,23 @@ class NetworkSection(Page):
             dspin(0.0, 1.0, 0.05, 2), "network", "dropout",
             "Randomly switches off part of the LoRA while training to fight overfitting "
             "(0 = off, 0.1 is mild)."))
+        groups = combo(MODULE_CHOICES)
+        self.row("Layers", binder.field(
+            groups, "network", "modules", MODULES_TIP,
+            get=lambda: groups.currentData().split("+"),
+            put=lambda v: groups.setCurrentIndex(max(0, groups.findData(modules_key(v))))))
+        conv_rank, conv_rank_access = number_edit(int, "same as the rank")
+        self.conv_rank = binder.field(
+            conv_rank, "network", "conv_rank",
+            "Rank of the 3x3 convolutions (kohya's conv_dim). Lower than the rank keeps the "
+            "file small: 4-16 is usual. Empty: the same as the rank.", **conv_rank_access)
+        self.row("Conv rank", self.conv_rank)
+        conv_alpha, conv_alpha_access = number_edit(float, "same scale as the other layers")
+        self.conv_alpha = binder.field(
+            conv_alpha, "network", "conv_alpha",
+            "Alpha of the 3x3 convolutions (kohya's conv_alpha): their strength is conv alpha "
+            "/ conv rank. Empty: the same scale as the other layers.", **conv_alpha_access)
+        self.row("Conv alpha", self.conv_alpha)
         presets = QWidget()
         row = QHBoxLayout(presets)
         row.setContentsMargins(0, 0, 0, 0)
@@ -228,7 +118,7 @@ class NetworkSection(Page):
         modules.row("", self.module_list)
         self.body.addWidget(modules)
         self.modules: list = []
-        self.text_modules: list[tuple[str, int, int]] = []  # the picked model's, when trained
+        self.text_modules: list = []  # the picked model's LayerShapes, when trained
         self.row("Text encoder", binder.field(
             QCheckBox("also train a LoRA on the text encoder"), "network", "train_text_encoder",
             "Also adapts how prompts are read. Helps characters; needs more memory."))
@@ -267,9 +157,8 @@ class NetworkSection(Page):
         two_encoders = bool(info.family) and len(get_family(info.family).text_encoders) > 1
         self.form.setRowVisible(self.te2_rate, two_encoders)
         family, blocks = tree_blocks(info)
-        shown = [(key, item.text(0)) for key, item in self.tree.block_items.items()]
-        if family != self.tree.family or shown != [(b.key, block_label(b)) for b in blocks]:
-            self.tree.set_blocks(family, blocks)
+        if family != self.tree.family or blocks != self.tree.blocks:
+            self.tree.set_blocks(family, blocks, self.binder.config.network.modules)
             self._show_tree()
         self._update_count()
         self._show_tree_error()
@@ -301,7 +190,20 @@ class NetworkSection(Page):
         # A parent's box changes each leaf under it, one signal per leaf; parents are skipped.
         if self._syncing or item.childCount():
             return
-        self._write(as_settings(self.tree.entries()))
+        self._write(as_settings(self.tree.entries(), self.binder.config.network.modules,
+                                self.tree.has))
+
+    def _groups_changed(self) -> None:
+        """network.modules changed: the tree shows the groups picked, and layers picked one
+        by one keep their picks while the group added or dropped is added or dropped."""
+        network = self.binder.config.network
+        if self.tree.shown_for(network.modules):
+            return
+        kinds = list(dict.fromkeys(block.key.partition(".")[0] for block in self.tree.blocks))
+        self.tree.set_blocks(self.tree.family, self.tree.blocks, network.modules)
+        if network.targets is not None:
+            self._write({"targets": with_groups(network.targets, network.modules, kinds)})
+        self._show_tree()
 
     def _write(self, settings: dict) -> None:
         for name, value in settings.items():
@@ -325,15 +227,20 @@ class NetworkSection(Page):
                           f"{', '.join(unknown)} (training refuses them; tick or untick any "
                           "box to drop them)")
         elif unknown:  # blocks x attention x projections: name the blocks
-            blocks = dict.fromkeys(_split(entry)[0] for entry in unknown)
+            blocks = dict.fromkeys(split_entry(entry)[0] for entry in unknown)
             errors.append(f"Not in this {self.info.label} model, so not shown above: "
                           f"{', '.join(blocks)} (ignored)")
         self.tree_error.setText("\n".join(errors))
         self.form.setRowVisible(self.tree_error, bool(errors))
 
     def _config_changed(self, key: str) -> None:
+        if key in ("*", "network.modules"):
+            self._groups_changed()
         if key == "*":
             self._show_tree()
+        conv = "conv" in self.binder.config.network.modules
+        self.form.setRowVisible(self.conv_rank, conv)
+        self.form.setRowVisible(self.conv_alpha, conv)
         if key == "*" or key.startswith("network."):
             network = self.binder.config.network
             self.scale.setText(f"{network.alpha:g} / {network.rank} = "
@@ -353,15 +260,18 @@ class NetworkSection(Page):
             return
         modules = selected_modules(self.info.unet_config, network)
         text_modules = self.text_modules if network.train_text_encoder else []
-        params = lora_parameter_count(modules + text_modules, network.rank)
+        params = network_parameter_count(modules + text_modules, network)
         self.modules = modules
         # the names the file will hold (SDXL: kohya's SGM paths), as the trainer writes them
         names = unet_kohya_names(get_family(self.info.family or "sd1"), self.info.unet_config,
-                                 [name for name, _, _ in modules])
-        named = [(names[name], fan_in, fan_out) for name, fan_in, fan_out in modules]
+                                 [layer.name for layer in modules])
+        named = [layer._replace(name=names[layer.name]) for layer in modules]
         self.module_list.setPlainText("\n".join(
-            f"{name}  ({fan_in} -> {fan_out}, {network.rank * (fan_in + fan_out):,} "
-            "parameters)" for name, fan_in, fan_out in named + text_modules))
+            f"{layer.name}  ({layer.fan_in} -> {layer.fan_out}"
+            + (f", {layer.kernel[0]}x{layer.kernel[1]}" if layer.kernel != (1, 1) else "")
+            + f", rank {network.rank_for(layer.kernel)}, "
+            f"{layer_parameter_count(layer, network):,} parameters)"
+            for layer in named + text_modules))
         text = f" + {len(text_modules)} text-encoder modules" if text_modules else ""
         precision = self.binder.config.output.save_precision
         size = size_text(params * BYTES_PER_PARAMETER[precision])

@@ -219,7 +219,7 @@ def test_a_small_network_is_sized_in_kilobytes(qtbot) -> None:
     text = section.count.text()
     assert "0.0 MB" not in text and text.endswith(" KB at fp16)"), text
     modules = section.modules
-    unet = sum(4 * (fan_in + fan_out) for _, fan_in, fan_out in modules)
+    unet = sum(4 * (layer.fan_in + layer.fan_out) for layer in modules)
     text_encoder = 2 * 4 * (4 * (64 + 64) + 2 * (64 + 128))  # 2 layers, 64 wide, MLP 128
     assert f"{unet + text_encoder:,} trainable parameters" in text
     assert f"about {round((unet + text_encoder) * 2 / 1000)} KB" in text

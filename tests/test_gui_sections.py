@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QPlainTextEdit
 
 from app.main import MainWindow
-from app.model_info import describe_model, lora_parameter_count, selected_modules
+from app.model_info import describe_model, network_parameter_count, selected_modules
 from synthetic import make_shapes_dataset
 from trainer.config import NetworkConfig
 
@@ -253,17 +253,15 @@ def test_a_file_that_is_no_base_model_is_named_in_the_section(qtbot, tmp_path: P
 
 
 def test_module_count_rules() -> None:
-    from trainer.families.layout import attention_modules
-
     unet = json.loads(SD15_UNET.read_text())
-    every = attention_modules(unet)
+    every = selected_modules(unet, NetworkConfig())  # the default: every attention projection
     assert len(every) == 16 * 8  # 6 down + 1 mid + 9 up transformer blocks × 8 projections
     up_cross = selected_modules(unet, NetworkConfig(blocks=["up"], attention=["attn2"],
                                                     projections=["to_k"]))
-    assert len(up_cross) == 9 and all(fan_in == 768 for _, fan_in, _ in up_cross)
+    assert len(up_cross) == 9 and all(layer.fan_in == 768 for layer in up_cross)
     down_1 = NetworkConfig(blocks=["down.1"], attention=["attn1"], projections=["to_q"])
-    assert lora_parameter_count(selected_modules(unet, down_1), 4) \
-        == 2 * 4 * (640 + 640)
+    assert network_parameter_count(selected_modules(unet, down_1),
+                                   down_1.model_copy(update={"rank": 4})) == 2 * 4 * (640 + 640)
 
 
 def test_the_health_report_lists_a_bad_file(qtbot, tmp_path: Path) -> None:

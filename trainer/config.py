@@ -14,15 +14,12 @@ from typing import Annotated, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, field_validator,
                       model_validator)
 
+from trainer.network_groups import LEAVES, PROJECTIONS, TARGET_PATTERN, group_leaves, uses_conv_rank
 from trainer.paths import special_file_problem
 
 SCHEMA_VERSION = 1
 
 BLOCK_PATTERN = re.compile(r"^(down|mid|up)(\.\d+)?$")
-ATTENTION_KINDS = ("attn1", "attn2")
-PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
-TARGET_PATTERN = re.compile(r"^(?P<kind>down|mid|up)(\.(?P<index>\d+))?\.(?P<attn>attn1|attn2)"
-                            r"\.(?P<proj>to_q|to_k|to_v|to_out\.0)$")
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                     *(f"LPT{i}" for i in range(1, 10))}
 
@@ -130,13 +127,23 @@ class NetworkConfig(Section):
     rank: Annotated[int, Field(ge=1, le=1024)] = 16
     alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 8.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    modules: list[Literal["attention", "transformer", "conv"]] = Field(
+        ["attention"], description="layer groups: attention (the projections), transformer "
+                                   "(kohya's default: + proj_in/proj_out and feed-forward), "
+                                   "conv (LoCon: ResNet convs, shortcuts, time embedding, "
+                                   "down/upsamplers)")
+    conv_rank: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        None, description="rank of the k x k convolutions (kohya's conv_dim); None: rank")
+    conv_alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="alpha of the k x k convolutions (kohya's conv_alpha); None: the "
+                          "scale of the other layers (alpha / rank x conv_rank)")
     blocks: list[str] = ["down", "mid", "up"]
     attention: list[Literal["attn1", "attn2"]] = ["attn1", "attn2"]
     projections: list[Literal["to_q", "to_k", "to_v", "to_out.0"]] = list(PROJECTIONS)
     targets: list[str] | None = Field(
-        None, description="layers one by one as block.attention.projection ('up.attn2.to_k', "
-                          "'down.1.attn1.to_q'); when set it replaces blocks x attention x "
-                          "projections")
+        None, description="layers one by one as block.layer ('up.attn2.to_k', "
+                          "'down.1.attn1.to_q', 'mid.proj_in', 'up.0.conv1'); when set it "
+                          "replaces blocks x modules x attention x projections")
     train_text_encoder: bool = False
     text_encoder_lr: PositiveFloat | None = Field(None, description="None: the U-Net rate")
     text_encoder_2_lr: PositiveFloat | None = Field(
@@ -154,7 +161,7 @@ class NetworkConfig(Section):
             raise ValueError("pick at least one block (down, mid or up)")
         return value
 
-    @field_validator("attention", "projections")
+    @field_validator("attention", "projections", "modules")
     @classmethod
     def _non_empty(cls, value: list[str]) -> list[str]:
         if not value:
@@ -169,26 +176,37 @@ class NetworkConfig(Section):
         for target in value:
             if not TARGET_PATTERN.match(target):
                 raise ValueError(
-                    f"{target!r} is not a target layer; write block.attention.projection like "
-                    "'up.attn2.to_k' (block: down, mid, up or one like down.1; attention: attn1 "
-                    "or attn2; projection: to_q, to_k, to_v or to_out.0)")
+                    f"{target!r} is not a target layer; write block.layer like 'up.attn2.to_k' "
+                    f"(block: down, mid, up or one like down.1; layer: {', '.join(LEAVES)})")
         if not value:
             raise ValueError("pick at least one target layer")
         return value
 
     @property
     def target_layers(self) -> list[str]:
-        """Every block.attention.projection picked: `targets`, or the cross product."""
+        """Every block.layer picked: `targets`, or blocks x the groups' layers."""
         if self.targets is not None:
             return self.targets
-        return [f"{block}.{attn}.{proj}" for block in self.blocks for attn in self.attention
-                for proj in self.projections]
+        leaves = group_leaves(self.modules, self.attention, self.projections)
+        return [f"{block}.{leaf}" for block in self.blocks for leaf in leaves]
 
-    def selects(self, block: str, index: str, attention: str, projection: str) -> bool:
-        """Whether the projection `attention.projection` of U-Net block `block` (down/mid/up)
+    def selects(self, block: str, index: str, leaf: str) -> bool:
+        """Whether layer `leaf` (trainer.network_groups) of U-Net block `block` (down/mid/up)
         number `index` gets an adapter. The trainer and the window's count both ask this."""
-        chosen, leaf = self.target_layers, f"{attention}.{projection}"
+        chosen = self.target_layers
         return f"{block}.{leaf}" in chosen or f"{block}.{index}.{leaf}" in chosen
+
+    def rank_for(self, kernel: tuple[int, int] = (1, 1)) -> int:
+        """The rank of a layer: conv_rank for a k x k convolution (kohya's rule), else rank."""
+        return (self.conv_rank or self.rank) if uses_conv_rank(kernel) else self.rank
+
+    def alpha_for(self, kernel: tuple[int, int] = (1, 1)) -> float:
+        """The alpha of a layer (conv_alpha for a k x k convolution; unset, the same scale)."""
+        if not uses_conv_rank(kernel):
+            return self.alpha
+        if self.conv_alpha is not None:
+            return self.conv_alpha
+        return self.alpha / self.rank * self.rank_for(kernel)
 
 
 class OptimizerConfig(Section):

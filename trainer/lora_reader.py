@@ -710,18 +710,21 @@ def init_network_from(network, path: Path | str) -> None:
         raise NetworkError(f"network.init_from: {path.name} targets other modules than this "
                            f"run: {'; '.join(parts)}; match network.blocks / attention / "
                            "projections to the file")
-    ranks = lora.ranks
-    if set(ranks) != {network.rank}:
-        shown = ", ".join(str(r) for r in sorted(ranks))
-        raise NetworkError(f"network.init_from: {path.name} has rank {shown} but this run's "
-                           f"network.rank is {network.rank}; set network.rank = "
-                           f"{ranks.most_common(1)[0][0]}")
-    alphas = lora.alphas
-    if any(not math.isclose(a, network.alpha, rel_tol=1e-3) for a in alphas):
-        shown = ", ".join(f"{a:g}" for a in sorted(alphas))
-        raise NetworkError(f"network.init_from: {path.name} has alpha {shown} but this run's "
-                           f"network.alpha is {network.alpha:g}; set network.alpha = "
-                           f"{alphas.most_common(1)[0][0]:g}")
+    # rank and alpha per module: a LoCon file's k x k convs have conv_rank / conv_alpha
+    for label, field_of, file_value, run_value, same in (
+            ("rank", "rank", lambda m: m.rank, network.rank_of, lambda a, b: a == b),
+            ("alpha", "alpha", lambda m: m.effective_alpha, network.alpha_of,
+             lambda a, b: math.isclose(a, b, rel_tol=1e-3))):
+        wrong = [name for name in sorted(wanted)
+                 if not same(file_value(lora.modules[name]), run_value(name))]
+        if wrong:
+            name = wrong[0]
+            setting = f"network.conv_{field_of}" if network.is_conv(name) else f"network.{field_of}"
+            found = file_value(lora.modules[name])
+            raise NetworkError(
+                f"network.init_from: {path.name} has {label} {found:g} but this run's {setting} "
+                f"is {run_value(name):g} ({len(wrong)} modules, e.g. {name}); set {setting} = "
+                f"{found:g}")
     try:
         tensors = {key: value.to(torch.float32) for key, value in lora.kohya_tensors().items()}
         network.load_state_dict(tensors)

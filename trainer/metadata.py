@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from trainer.config import TrainConfig
 from trainer.data import DatasetReport, bucket_info, dataset_dirs, tag_frequency
 from trainer.families import FAMILIES, get_family
+from trainer.network_groups import TARGET_PATTERN, group_of
 
 
 def json_text(value: object) -> str:
@@ -44,6 +45,19 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
+def network_args(net) -> dict[str, object]:
+    """`ss_network_args`: the layers as picked (one list when chosen one by one, else the lists
+    whose product they are) and, when k x k convolutions are trained, kohya's LoCon
+    `conv_dim` / `conv_alpha` as strings, the way kohya writes them."""
+    args: dict[str, object] = {"targets": net.targets if net.targets is not None else {
+        "blocks": net.blocks, "modules": net.modules, "attention": net.attention,
+        "projections": net.projections}}
+    if any(group_of(TARGET_PATTERN.match(entry)["leaf"]) == "conv" for entry in net.target_layers):
+        args["conv_dim"] = str(net.rank_for((3, 3)))
+        args["conv_alpha"] = f"{net.alpha_for((3, 3)):g}"
+    return args
+
+
 def _anonymise(mapping: dict[str, object]) -> dict[str, object]:
     """Folder names replaced by neutral ones, for the privacy switch."""
     return {f"dataset_{index}": value for index, value in enumerate(mapping.values())}
@@ -67,9 +81,7 @@ def training_metadata(config: TrainConfig, report: DatasetReport, base, position
         "ss_network_dropout": f"{net.dropout:g}",
         # The layers as picked: one list when chosen one by one (network.targets), else the
         # three lists whose product they are.
-        "ss_network_args": json_text({"targets": net.targets if net.targets is not None else
-                                      {"blocks": net.blocks, "attention": net.attention,
-                                       "projections": net.projections}}),
+        "ss_network_args": json_text(network_args(net)),
         "ss_output_name": config.output.name,
         "ss_training_started_at": str(int(started_at)),
         "ss_training_finished_at": str(int(time.time())),

@@ -1,7 +1,10 @@
 """The LoRA network: which modules get adapters, peft injection, and kohya names.
 
-peft's `LoraLayer` does the maths (W x + scale * B A x with scale = alpha / rank); this module
-picks the targets from the config, and maps every adapter to and from its kohya key, per family
+peft's `LoraLayer` does the maths (W x + scale * B A x with scale = alpha / rank; on a conv
+layer A is a conv with the layer's kernel, stride and padding and B a 1 x 1 conv, kohya's LoCon
+layout); this module picks the targets from the config (trainer.network_groups: attention,
+transformer, conv), gives k x k convs their own rank and alpha, and maps every adapter to and
+from its kohya key, per family
 (docs/lora-format.md): SD 1.x / 2.x U-Net modules by their diffusers path
 (`lora_unet_down_blocks_0_..._attn1_to_q`), SDXL ones by the original SGM path
 (`lora_unet_input_blocks_4_1_..._attn1_to_q`), text encoders as `lora_te_` (SD 1/2) or
@@ -21,13 +24,11 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from trainer.config import NetworkConfig
+from trainer.network_groups import TARGET_PATTERN, leaf_of
 from trainer.families import Family, get_family
 from trainer.families.lora_names import TEXT_ENCODER_LAYERS, kohya_name, unet_kohya_names
 
 ADAPTER = "default"
-UNET_ATTENTION = re.compile(
-    r"^(?P<block>down_blocks\.(?P<down>\d+)|mid_block|up_blocks\.(?P<up>\d+))\.attentions\.\d+"
-    r"\.transformer_blocks\.\d+\.(?P<attn>attn1|attn2)\.(?P<proj>to_q|to_k|to_v|to_out\.0)$")
 TEXT_ENCODER_TARGET = re.compile(r"^(text_model\.)?encoder\.layers\.\d+\.(" + "|".join(
     re.escape(name) for name in TEXT_ENCODER_LAYERS) + ")$")
 
@@ -36,35 +37,30 @@ class NetworkError(ValueError):
     """The chosen targets or a LoRA file do not fit the model."""
 
 
-def _block_of(match: re.Match[str]) -> tuple[str, str]:
-    if match["down"] is not None:
-        return "down", match["down"]
-    if match["up"] is not None:
-        return "up", match["up"]
-    return "mid", "0"
-
-
 def select_unet_targets(module_names: list[str], network: NetworkConfig) -> list[str]:
-    """The U-Net attention projections the config picks, in model order."""
-    targets, present, block_names = [], set(), {}
+    """The U-Net layers the config picks, in model order."""
+    targets, present, holding = [], set(), {}
     for name in module_names:
-        match = UNET_ATTENTION.match(name)
-        if not match:
+        place = leaf_of(name)
+        if place is None:
             continue
-        (block, index), leaf = _block_of(match), f"{match['attn']}.{match['proj']}"
+        block, index, leaf = place
         present |= {f"{block}.{leaf}", f"{block}.{index}.{leaf}"}
-        block_names[f"{block}.{index}"] = None
-        if network.selects(block, index, match["attn"], match["proj"]):
+        holding.setdefault(leaf, {})[block if block == "mid" else f"{block}.{index}"] = None
+        if network.selects(block, index, leaf):
             targets.append(name)
     missing = [t for t in network.targets or [] if t not in present]
     if missing:  # a typo'd block number would otherwise train less than asked, silently
+        leaf = TARGET_PATTERN.match(missing[0])["leaf"]
+        where = (f"its blocks with {leaf} are {', '.join(holding[leaf])}" if leaf in holding
+                 else f"it has no {leaf} layer")
         raise NetworkError(f"network.targets: {missing[0]!r} names no layer of this model "
-                           f"({len(missing)} such entries); its attention blocks are "
-                           f"{', '.join(block_names)}")
+                           f"({len(missing)} such entries); {where}")
     if not targets:  # (every entry of network.targets names a layer, so not with targets)
         raise NetworkError(
-            f"no U-Net module matches blocks={network.blocks}, attention={network.attention}, "
-            f"projections={network.projections}; pick blocks that have attention layers")
+            f"no U-Net module matches blocks={network.blocks}, modules={network.modules}, "
+            f"attention={network.attention}, projections={network.projections}; pick blocks "
+            "that have these layers")
     return targets
 
 
@@ -104,6 +100,17 @@ class LoraNetwork:
             params += [layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight]
         return params
 
+    def rank_of(self, name: str) -> int:
+        """The rank of one adapter (a LoCon conv may have conv_rank)."""
+        return int(self.layers[name].r[ADAPTER])
+
+    def alpha_of(self, name: str) -> float:
+        return float(self.layers[name].lora_alpha[ADAPTER])
+
+    def is_conv(self, name: str) -> bool:
+        """Whether the adapter sits on a k x k convolution (conv_rank / conv_alpha apply)."""
+        return _kernel(self.layers[name].get_base_layer()) != (1, 1)
+
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -115,7 +122,8 @@ class LoraNetwork:
                 "cpu", dtype).contiguous()
             tensors[f"{name}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().to(
                 "cpu", dtype).contiguous()
-            tensors[f"{name}.alpha"] = torch.tensor(self.alpha, dtype=dtype)
+            # each layer's own alpha: a k x k conv may have conv_alpha
+            tensors[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]), dtype=dtype)
         return tensors
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -155,10 +163,23 @@ class LoraNetwork:
                 layer.scaling[ADAPTER] = saved[name]
 
 
+def _kernel(module: nn.Module) -> tuple[int, int]:
+    return tuple(module.kernel_size) if isinstance(module, nn.Conv2d) else (1, 1)
+
+
 def _inject(model: nn.Module, targets: list[str], network: NetworkConfig,
             names: dict[str, str]) -> dict[str, LoraLayer]:
+    modules = dict(model.named_modules())
+    # k x k convs take conv_rank / conv_alpha (kohya's rule); peft matches the pattern keys as
+    # regular expressions against the end of a module's path, so whole paths are escaped
+    own = {name: _kernel(modules[name]) for name in targets
+           if network.rank_for(_kernel(modules[name])) != network.rank
+           or network.alpha_for(_kernel(modules[name])) != network.alpha}
     config = LoraConfig(r=network.rank, lora_alpha=network.alpha, lora_dropout=network.dropout,
-                        target_modules=targets, init_lora_weights=True, bias="none")
+                        target_modules=targets, init_lora_weights=True, bias="none",
+                        rank_pattern={re.escape(n): network.rank_for(k) for n, k in own.items()},
+                        alpha_pattern={re.escape(n): network.alpha_for(k)
+                                       for n, k in own.items()})
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     modules = dict(model.named_modules())
     layers = {names[name]: modules[name] for name in targets}
@@ -181,7 +202,7 @@ def apply_lora(unet: nn.Module, text_encoders: nn.Module | dict[str, nn.Module] 
         text_encoders = {"text_encoder": text_encoders}
     unet.requires_grad_(False)
     unet_targets = select_unet_targets([n for n, _ in unet.named_modules()], network)
-    _check_rank(unet, unet_targets, network.rank)
+    _check_rank(unet, unet_targets, network)
     unet_layers = _inject(unet, unet_targets, network,
                           unet_kohya_names(family, unet.config, unet_targets))
     text_layers: dict[str, LoraLayer] = {}
@@ -193,7 +214,7 @@ def apply_lora(unet: nn.Module, text_encoders: nn.Module | dict[str, nn.Module] 
         encoder.requires_grad_(False)
         if network.train_text_encoder:
             te_targets = select_text_encoder_targets([n for n, _ in encoder.named_modules()])
-            _check_rank(encoder, te_targets, network.rank)
+            _check_rank(encoder, te_targets, network)
             names = {t: kohya_name(spec.kohya_prefix, t) for t in te_targets}
             layers = _inject(encoder, te_targets, network, names)
             text_layers.update(layers)
@@ -206,10 +227,24 @@ def apply_lora_to(base, network: NetworkConfig) -> LoraNetwork:
     return apply_lora(base.unet, base.text_encoders, network, base.spec)
 
 
-def _check_rank(model: nn.Module, targets: list[str], rank: int) -> None:
+def _width(module: nn.Module) -> int:
+    """The largest useful rank of a layer: min(in, out), a conv's input counted per kernel."""
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return min(module.in_channels * kh * kw, module.out_channels)
+    return min(module.in_features, module.out_features)
+
+
+def _check_rank(model: nn.Module, targets: list[str], network: NetworkConfig) -> None:
     modules = dict(model.named_modules())
-    narrowest = min(targets, key=lambda n: min(modules[n].in_features, modules[n].out_features))
-    width = min(modules[narrowest].in_features, modules[narrowest].out_features)
-    if rank > width:
-        raise NetworkError(f"network.rank = {rank} is larger than the narrowest layer "
-                           f"({narrowest}, width {width}); use a rank of at most {width}")
+    for convs in (False, True):
+        chosen = [n for n in targets if (_kernel(modules[n]) != (1, 1)) == convs]
+        if not chosen:
+            continue
+        narrowest = min(chosen, key=lambda n: _width(modules[n]))
+        width, rank = _width(modules[narrowest]), network.rank_for(_kernel(modules[narrowest]))
+        setting = "conv_rank" if convs and network.conv_rank else "rank"
+        if rank > width:
+            raise NetworkError(f"network.{setting} = {rank} is larger than the narrowest layer "
+                               f"({narrowest}, width {width}); use a {setting.replace('_', ' ')} "
+                               f"of at most {width}")

@@ -145,14 +145,20 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
                    + (["modelspec.thumbnail is not a data:image/ URL"] if bad_thumbnail else [])))
 
     distinct = sorted(set(ranks.values()))
+    conv_dim, conv_alpha = _conv_args(meta)
+    convs = {name for name, parts in modules.items()
+             if _is_kxk(lora.entries.get(parts.get("lora_down.weight", "")))}
     if "ss_network_dim" in meta:
         try:
             dim = int(meta["ss_network_dim"])
         except ValueError:
             dim = None
-        wrong = [n for n, r in ranks.items() if r != dim]
+        # kohya's LoCon: k x k convs have ss_network_args' conv_dim, every other module the dim
+        wrong = [n for n, r in ranks.items()
+                 if r != (conv_dim if n in convs and conv_dim is not None else dim)]
+        also = f" (conv_dim {conv_dim} for the {len(convs)} k x k convs)" if convs else ""
         report.add("ss_network_dim", dim is not None and not wrong and bool(ranks),
-                   f"ss_network_dim = {dim} = the rank of every module" if dim is not None
+                   f"ss_network_dim = {dim} = the rank of every module{also}" if dim is not None
                    and not wrong and ranks else
                    f"ss_network_dim = {meta['ss_network_dim']!r} is not a whole number"
                    if dim is None else "no module to compare with" if not ranks else
@@ -170,10 +176,13 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
                 entry = lora.entries[parts["alpha"]]
                 value = float(lora.tensors[parts["alpha"]].float().flatten()[0]) \
                     if lora.tensors[parts["alpha"]].numel() else float("nan")
-                if alpha is None or not _close(value, alpha, ALPHA_RTOL.get(entry.dtype, 1e-3)):
+                expected = conv_alpha if name in convs and conv_alpha is not None else alpha
+                if expected is None or not _close(value, expected,
+                                                  ALPHA_RTOL.get(entry.dtype, 1e-3)):
                     wrong.append(f"{parts['alpha']} = {value:g}")
+        also = f" (conv_alpha {conv_alpha:g} for the k x k convs)" if convs and conv_alpha else ""
         report.add("ss_network_alpha", alpha is not None and not wrong,
-                   f"ss_network_alpha = {alpha:g} = every alpha tensor" if alpha is not None
+                   f"ss_network_alpha = {alpha:g} = every alpha tensor{also}" if alpha is not None
                    and not wrong else
                    f"ss_network_alpha = {meta['ss_network_alpha']!r} is not a number"
                    if alpha is None else
@@ -194,6 +203,22 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
                    if expected is None else
                    f"ss_base_model_version {version} needs ss_v2 {expected[1]} and "
                    f"modelspec.architecture {expected[0]}; the file says {v2} and {arch}")
+
+
+def _is_kxk(entry) -> bool:
+    return entry is not None and len(entry.shape) == 4 and tuple(entry.shape[2:]) != (1, 1)
+
+
+def _conv_args(meta: dict[str, str]) -> tuple[int | None, float | None]:
+    """kohya's LoCon `conv_dim` / `conv_alpha` from ss_network_args (None where absent)."""
+    try:
+        args = json.loads(meta.get("ss_network_args") or "{}")
+        args = args if isinstance(args, dict) else {}
+        dim = int(args["conv_dim"]) if "conv_dim" in args else None
+        alpha = float(args["conv_alpha"]) if "conv_alpha" in args else None
+    except (ValueError, TypeError):
+        return None, None
+    return dim, alpha
 
 
 def _check_hashes(lora: LoraFile, report: VerifyReport) -> None:

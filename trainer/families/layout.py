@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.config import NetworkConfig
+from trainer.network_groups import ATTENTION_LEAVES, leaf_of
 
 from . import get_family
 from .checkpoint_keys import unet_sgm_paths
@@ -21,9 +22,7 @@ from .errors import ModelError
 from .lora_names import TEXT_ENCODER_LAYERS, kohya_name
 from .safetensors_header import read_header
 from .torch_archive import torch_archive_problem
-
-PROJECTION_NAMES = ("to_q", "to_k", "to_v", "to_out.0")
-
+from .unet_layers import LayerShape, unet_layers
 
 @dataclass
 class ModelDescription:
@@ -112,46 +111,6 @@ def native_resolution(family_name: str, prediction_type: str) -> int:
     return int(family.version_for(prediction_type)[2].split("x")[0])
 
 
-def _per_block(value: object, count: int) -> list[int]:
-    if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
-    return [int(value or 1)] * count
-
-
-def attention_modules(unet: dict) -> list[tuple[str, int, int]]:
-    """(module name, in features, out features) of every U-Net attention projection."""
-    widths = list(unet.get("block_out_channels") or [])
-    downs = list(unet.get("down_block_types") or [])
-    ups = list(unet.get("up_block_types") or [])
-    layers = unet.get("layers_per_block", 2)
-    cross = unet.get("cross_attention_dim") or 768
-    if isinstance(cross, (list, tuple)):
-        cross = cross[0]
-    depth = _per_block(unet.get("transformer_layers_per_block", 1), len(downs))
-    per_down = _per_block(layers, len(downs))
-    modules: list[tuple[str, int, int]] = []
-
-    def add(prefix: str, width: int, transformers: int) -> None:
-        for t in range(transformers):
-            for attn in ("attn1", "attn2"):
-                for proj in PROJECTION_NAMES:
-                    source = cross if attn == "attn2" and proj in ("to_k", "to_v") else width
-                    modules.append((f"{prefix}.transformer_blocks.{t}.{attn}.{proj}", source, width))
-
-    for i, kind in enumerate(downs):
-        if "CrossAttn" in kind:
-            for j in range(per_down[i]):
-                add(f"down_blocks.{i}.attentions.{j}", widths[i], depth[i])
-    if "CrossAttn" in str(unet.get("mid_block_type", "UNetMidBlock2DCrossAttn")) and widths:
-        add("mid_block.attentions.0", widths[-1], depth[-1])
-    rwidths, rdepth, rlayers = widths[::-1], depth[::-1], per_down[::-1]
-    for i, kind in enumerate(ups):
-        if "CrossAttn" in kind:
-            for j in range(rlayers[i] + 1):
-                add(f"up_blocks.{i}.attentions.{j}", rwidths[i], rdepth[i])
-    return modules
-
-
 def block_of(name: str) -> tuple[str, str]:
     """("down" | "mid" | "up", block index) of a diffusers U-Net module path."""
     if name.startswith("mid_block"):
@@ -161,51 +120,69 @@ def block_of(name: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class AttentionBlock:
-    """One down/mid/up block with attention, as the layer tree shows it."""
+class UNetBlock:
+    """One down/mid/up block, as the layer tree shows it."""
 
     key: str            # "down.1" / "mid" / "up.0": what network.targets and blocks say
     label: str          # "Down block 1 (input blocks 4, 5)" for SDXL
     transformer_depth: int
-    modules: int        # attention projections in it
+    modules: int        # attention projections in it (0: a block of ResNets only)
+    leaves: tuple[str, ...] = ()  # every layer kind it holds (trainer.network_groups)
 
 
-def attention_blocks(family_name: str, unet: dict) -> list[AttentionBlock]:
-    """The blocks that hold attention, with the family's own names (SDXL: the SGM input /
-    middle / output block numbers kohya and A1111 users know) and their transformer depth."""
+def unet_blocks(family_name: str, unet: dict) -> list[UNetBlock]:
+    """The U-Net's blocks in model order with the family's own names (SDXL: the SGM input /
+    middle / output block numbers kohya and A1111 users know), their transformer depth and
+    which layers they hold."""
     family = get_family(family_name)
     sgm = unet_sgm_paths(unet) if family.unet_names == "sgm" and unet else {}
     grouped: dict[str, list[str]] = {}
-    for name, _, _ in attention_modules(unet):
-        kind, index = block_of(name)
-        grouped.setdefault("mid" if kind == "mid" else f"{kind}.{index}", []).append(name)
+    leaves: dict[str, dict[str, None]] = {}
+    for layer in unet_layers(unet):
+        kind, index, leaf = leaf_of(layer.name)
+        key = "mid" if kind == "mid" else f"{kind}.{index}"
+        grouped.setdefault(key, []).append(layer.name)
+        leaves.setdefault(key, {})[leaf] = None
     out = []
-    for key, names in grouped.items():
+    for key, names in sorted(grouped.items(), key=lambda item: _block_order(item[0])):
         kind, _, index = key.partition(".")
         title = {"down": f"Down block {index}", "mid": "Middle block", "up": f"Up block {index}"}[kind]
-        depth = len({n.split(".transformer_blocks.")[1].split(".")[0] for n in names})
+        attention = [n for n in names if leaf_of(n)[2] in ATTENTION_LEAVES]
+        depth = len({n.split(".transformer_blocks.")[1].split(".")[0] for n in attention})
         where = {"down": "input blocks", "up": "output blocks"}.get(kind)
         if sgm and where:  # the one middle block needs no number
-            numbers = sorted({int(sgm[n].split(".")[1]) for n in names})
+            numbers = sorted({int(sgm[n].split(".")[1]) for n in attention or names})
             title += f" ({where} {', '.join(map(str, numbers))})"
-        out.append(AttentionBlock(key, title, depth, len(names)))
+        out.append(UNetBlock(key, title, depth, len(attention), tuple(leaves[key])))
     return out
 
 
-def selected_modules(unet: dict, network: NetworkConfig) -> list[tuple[str, int, int]]:
-    """The projections the network settings pick (the trainer asks the same
+def attention_blocks(family_name: str, unet: dict) -> list[UNetBlock]:
+    """The blocks that hold attention (what the attention group can adapt)."""
+    return [block for block in unet_blocks(family_name, unet) if block.modules]
+
+
+def _block_order(key: str) -> tuple[int, int]:
+    kind, _, index = key.partition(".")
+    return {"down": 0, "mid": 1, "up": 2}[kind], int(index or 0)
+
+
+def selected_modules(unet: dict, network: NetworkConfig) -> list[LayerShape]:
+    """The layers the network settings pick (the trainer asks the same
     `NetworkConfig.selects`, so the count shown is the count trained)."""
-    out = []
-    for name, fan_in, fan_out in attention_modules(unet):
-        _, attn, proj = name.split(".transformer_blocks.")[1].split(".", 2)
-        if network.selects(*block_of(name), attn, proj):
-            out.append((name, fan_in, fan_out))
-    return out
+    return [layer for layer in unet_layers(unet) if network.selects(*leaf_of(layer.name))]
 
 
-def lora_parameter_count(modules: list[tuple[str, int, int]], rank: int) -> int:
-    """Trainable parameters: rank x (in + out) per adapted module (down and up matrices)."""
-    return sum(rank * (fan_in + fan_out) for _, fan_in, fan_out in modules)
+def layer_parameter_count(layer: LayerShape, network: NetworkConfig) -> int:
+    """Trainable parameters of one adapted layer: rank x (in x kernel + out), down and up
+    (the layer's rank: conv_rank for a k x k convolution)."""
+    kh, kw = layer.kernel
+    return network.rank_for(layer.kernel) * (layer.fan_in * kh * kw + layer.fan_out)
+
+
+def network_parameter_count(layers: list[LayerShape], network: NetworkConfig) -> int:
+    """Trainable parameters of the network on these layers."""
+    return sum(layer_parameter_count(layer, network) for layer in layers)
 
 
 CLIP_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers")
@@ -226,8 +203,7 @@ def text_encoder_config(family: str, component: str, model_path: Path | str | No
     return get_family(family).config(component)
 
 
-def text_encoder_modules(family: str,
-                         model_path: Path | str | None) -> list[tuple[str, int, int]]:
+def text_encoder_modules(family: str, model_path: Path | str | None) -> list[LayerShape]:
     """(kohya name, in features, out features) of every text-encoder layer a text-encoder
     LoRA adapts (TEXT_ENCODER_LAYERS, what the trainer matches), in every CLIP layer of every
     text encoder of the family (SDXL: both)."""
@@ -236,7 +212,7 @@ def text_encoder_modules(family: str,
         config = text_encoder_config(family, spec.component, model_path)
         for layer in range(config["num_hidden_layers"]):
             path = f"text_model.encoder.layers.{layer}"
-            modules += [(kohya_name(spec.kohya_prefix, f"{path}.{name}"),
-                         config[fan_in], config[fan_out])
+            modules += [LayerShape(kohya_name(spec.kohya_prefix, f"{path}.{name}"),
+                                   config[fan_in], config[fan_out])
                         for name, (fan_in, fan_out) in TEXT_ENCODER_LAYERS.items()]
     return modules

@@ -1,0 +1,73 @@
+"""#16 in the window: the Layers choice (attention, kohya's set, LoCon) and the conv rank show
+in the tree and the count exactly what the trainer trains; layers picked one by one keep their
+picks while a group is added or dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QComboBox, QLineEdit
+
+from test_gui_model_family import real_layout_folder, window_for
+from test_network_groups import SD15_CONV, SD15_TRANSFORMER
+
+
+def choose_layers(window, text: str) -> None:
+    box = window.network.findChild(QComboBox, "network.modules")
+    assert box.findText(text) >= 0, text
+    box.setCurrentIndex(box.findText(text))  # as a click on the choice does
+
+
+def trainer_count(config) -> tuple[int, int]:
+    from diffusers import UNet2DConditionModel
+
+    from trainer.families import get_family
+    from trainer.network import apply_lora
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(get_family("sd1").config("unet"))
+        network = apply_lora(unet, None, config.network, get_family("sd1"))
+    return len(network.layers), network.trainable_parameter_count()
+
+
+def test_locon_in_the_window_is_counted_as_the_trainer_trains_it(qtbot, tmp_path: Path) -> None:
+    window = window_for(qtbot)
+    network = window.network
+    window.model.set_path(str(real_layout_folder(tmp_path, "sd1")))
+    assert not network.form.isRowVisible(network.conv_rank)  # no convolutions: no conv rank
+    assert "down.3" not in network.tree.block_items  # no attention there
+
+    choose_layers(window, "kohya's set + convolutions (LoCon)")
+    assert window.config.network.modules == ["transformer", "conv"]
+    assert network.form.isRowVisible(network.conv_rank)
+    edit = network.conv_rank.findChild(QLineEdit)
+    edit.setText("8")
+    edit.textEdited.emit("8")  # as typing does
+    window.binder.set_value("network", "alpha", 8.0)
+    assert window.config.network.conv_rank == 8
+    modules, parameters = trainer_count(window.config)
+    assert (modules, parameters) == (192 + SD15_CONV[0], SD15_TRANSFORMER + SD15_CONV[1])
+    assert network.count.text().startswith(f"{modules} U-Net modules, {parameters:,} trainable")
+    assert "ResNets only" in network.tree.block_items["down.3"].text(0)
+    assert "down.3.conv1" in network.tree.leaves and "mid.proj_in" in network.tree.leaves
+    listed = network.module_list.toPlainText()
+    assert "lora_unet_down_blocks_0_resnets_0_conv1  (320 -> 320, 3x3, rank 8, " \
+           f"{8 * (9 * 320 + 320):,} parameters)" in listed
+
+    # one layer unticked: the settings list layers one by one, the count drops by that layer
+    network.tree.leaves["down.3.conv1"].setCheckState(0, Qt.Unchecked)
+    assert window.config.network.targets is not None
+    assert "down.3.conv1" not in window.config.network.targets
+    fewer = trainer_count(window.config)
+    assert fewer == (modules - 2, parameters - 2 * 8 * (9 * 1280 + 1280))  # its two ResNets
+    assert network.count.text().startswith(f"{fewer[0]} U-Net modules, {fewer[1]:,} trainable")
+
+    # back to attention only: the conv picks go, the attention picks stay
+    choose_layers(window, "Attention layers (default)")
+    targets = window.config.network.targets
+    assert targets is not None and not any("conv" in t or "sampler" in t for t in targets)
+    assert trainer_count(window.config)[0] == 128
+    assert not network.form.isRowVisible(network.conv_rank)
+    assert "down.3" not in network.tree.block_items
