@@ -75,7 +75,7 @@ def test_missing_alpha_fails_naming_the_key(good, tiny_model, tmp_path) -> None:
     bad = write_lora_file(tmp_path / "no_alpha.safetensors", broken, meta, "fp16")
     report = verify_lora_file(bad, tiny_model[0])
     assert not report.ok
-    assert f"{TO_Q}.alpha" in failing(report, "three tensors per module").detail
+    assert f"{TO_Q}.alpha" in failing(report, "complete modules").detail
     # diffusers gives that module the file's common alpha, kohya/A1111 give it scale 1: the
     # applied weight is then not the one the file describes, and verify says which module
     assert TO_Q in failing(report, "fused weights = W0 + (alpha/r) up @ down").detail
@@ -92,7 +92,7 @@ def test_renamed_key_fails_naming_the_key(good, tiny_model, tmp_path, capsys) ->
     assert "FAILED" in out
     report = verify_lora_file(bad, tiny_model[0])
     assert renamed in failing(report, "key names").detail
-    assert f"{TO_Q}.lora_down.weight" in failing(report, "three tensors per module").detail
+    assert f"{TO_Q}.lora_down.weight" in failing(report, "complete modules").detail
 
 
 def test_wrong_network_dim_fails_naming_the_key(good, tiny_model, tmp_path) -> None:

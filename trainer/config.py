@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, field_validator,
                       model_validator)
 
+from trainer.network_kinds import KINDS, get_kind
 from trainer.network_groups import LEAVES, PROJECTIONS, TARGET_PATTERN, group_leaves, uses_conv_rank
 from trainer.paths import special_file_problem
 
@@ -124,6 +125,9 @@ class ModelConfig(Section):
 
 
 class NetworkConfig(Section):
+    kind: Literal["lora", "dora", "loha", "lokr"] = Field(
+        "lora", description="lora (LoCon with the conv group), dora (LoRA with weight "
+                            "decomposition), loha, lokr (LyCORIS)")
     rank: Annotated[int, Field(ge=1, le=1024)] = 16
     alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 8.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
@@ -137,6 +141,14 @@ class NetworkConfig(Section):
     conv_alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="alpha of the k x k convolutions (kohya's conv_alpha); None: the "
                           "scale of the other layers (alpha / rank x conv_rank)")
+    lokr_factor: Annotated[int, Field(ge=-1, le=1024)] = Field(
+        -1, description="LoKr: the size of one Kronecker factor (LyCORIS' factor); -1: near "
+                        "the square root of each layer's width")
+    decompose_both: bool = Field(False, description="LoKr: the first factor low-rank too")
+    rank_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="LoHa / LoKr: drop rows of the weight change while training")
+    module_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="LoHa / LoKr: skip a whole layer's change on a training step")
     blocks: list[str] = ["down", "mid", "up"]
     attention: list[Literal["attn1", "attn2"]] = ["attn1", "attn2"]
     projections: list[Literal["to_q", "to_k", "to_v", "to_out.0"]] = list(PROJECTIONS)
@@ -181,6 +193,25 @@ class NetworkConfig(Section):
         if not value:
             raise ValueError("pick at least one target layer")
         return value
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> NetworkConfig:
+        """An option another kind reads would be ignored: refuse it, naming both."""
+        kind = get_kind(self.kind)
+        defaults = {"lokr_factor": -1, "decompose_both": False, "rank_dropout": 0.0,
+                    "module_dropout": 0.0}
+        for option, default in defaults.items():
+            if getattr(self, option) != default and option not in kind.options:
+                users = [k.name for k in KINDS.values() if option in k.options]
+                raise ValueError(f"{option} = {getattr(self, option)!r} applies to kind "
+                                 f"{' and '.join(users)}, not {self.kind}; clear it or set "
+                                 f"network.kind")
+        if self.dropout and self.kind in ("loha", "lokr"):
+            raise ValueError(f"dropout = {self.dropout:g} is LoRA's input dropout; {kind.label} "
+                             "has rank_dropout and module_dropout instead")
+        if self.lokr_factor == 0:
+            raise ValueError("lokr_factor = 0: use -1 (near the square root) or a size >= 1")
+        return self
 
     @property
     def target_layers(self) -> list[str]:

@@ -243,7 +243,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                                network.state_dict(), meta, config.output.save_precision)
         send(Saved(str(path), "lora", position.step))
         if config.output.verify:
-            _verify(path, config.model.path, run_dir, send)
+            _verify(path, config.model.path, run_dir, send, network)
         return path
 
     def preview() -> None:
@@ -356,12 +356,13 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     return lora_file
 
 
-def _verify(path: Path, base_path: Path, run_dir: Path, send: Callable[[Event], None]) -> None:
+def _verify(path: Path, base_path: Path, run_dir: Path, send: Callable[[Event], None],
+            network=None) -> None:
     """Read the file back the way other tools will; the report lands in `verify.txt`. A failed
     check is an error in the log, not a failed run: the file is written and stays inspectable."""
     from trainer.verify import verify_lora_file
 
-    report = verify_lora_file(path, base_path)
+    report = verify_lora_file(path, base_path, network)
     (run_dir / "verify.txt").write_text(report.format() + "\n", encoding="utf-8")
     send(Log("info" if report.ok else "error", report.summary()))
 

@@ -16,6 +16,7 @@ from trainer.config import TrainConfig
 from trainer.data import DatasetReport, bucket_info, dataset_dirs, tag_frequency
 from trainer.families import FAMILIES, get_family
 from trainer.network_groups import TARGET_PATTERN, group_of
+from trainer.network_kinds import get_kind
 
 
 def json_text(value: object) -> str:
@@ -47,15 +48,16 @@ def _iso(timestamp: float) -> str:
 
 def network_args(net) -> dict[str, object]:
     """`ss_network_args`: the layers as picked (one list when chosen one by one, else the lists
-    whose product they are) and, when k x k convolutions are trained, kohya's LoCon
-    `conv_dim` / `conv_alpha` as strings, the way kohya writes them."""
+    whose product they are); when k x k convolutions are trained, kohya's LoCon `conv_dim` /
+    `conv_alpha` as strings, the way kohya writes them; and the kind's own (LyCORIS' `algo`,
+    DoRA's `dora_wd`, LoKr's `factor`, ...)."""
     args: dict[str, object] = {"targets": net.targets if net.targets is not None else {
         "blocks": net.blocks, "modules": net.modules, "attention": net.attention,
         "projections": net.projections}}
     if any(group_of(TARGET_PATTERN.match(entry)["leaf"]) == "conv" for entry in net.target_layers):
         args["conv_dim"] = str(net.rank_for((3, 3)))
         args["conv_alpha"] = f"{net.alpha_for((3, 3)):g}"
-    return args
+    return {**args, **get_kind(net.kind).network_args(net)}
 
 
 def _anonymise(mapping: dict[str, object]) -> dict[str, object]:
@@ -75,7 +77,7 @@ def training_metadata(config: TrainConfig, report: DatasetReport, base, position
         dirs, tags = _anonymise(dirs), _anonymise(tags)
     batches = report.steps_per_epoch()
     meta: dict[str, str] = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": get_kind(net.kind).network_module,
         "ss_network_dim": str(net.rank),
         "ss_network_alpha": f"{net.alpha:g}",
         "ss_network_dropout": f"{net.dropout:g}",

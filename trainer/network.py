@@ -18,17 +18,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import peft
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
+from peft import inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from trainer.config import NetworkConfig
 from trainer.network_groups import TARGET_PATTERN, leaf_of
 from trainer.families import Family, get_family
 from trainer.families.lora_names import TEXT_ENCODER_LAYERS, kohya_name, unet_kohya_names
+from trainer.network_kinds import ADAPTER, LORA, NetworkKind, get_kind
 
-ADAPTER = "default"
 TEXT_ENCODER_TARGET = re.compile(r"^(text_model\.)?encoder\.layers\.\d+\.(" + "|".join(
     re.escape(name) for name in TEXT_ENCODER_LAYERS) + ")$")
 
@@ -70,18 +71,20 @@ def select_text_encoder_targets(module_names: list[str]) -> list[str]:
 
 @dataclass
 class LoraNetwork:
-    """The adapters injected into a U-Net (and optionally a text encoder)."""
+    """The adapters injected into a U-Net (and optionally a text encoder), of one kind
+    (trainer.network_kinds: LoRA/LoCon, DoRA, LoHa, LoKr)."""
 
     rank: int
     alpha: float
-    unet_layers: dict[str, LoraLayer]      # kohya name -> peft layer
-    text_encoder_layers: dict[str, LoraLayer]
+    unet_layers: dict[str, BaseTunerLayer]      # kohya name -> peft layer
+    text_encoder_layers: dict[str, BaseTunerLayer]
     # kohya name -> "text_encoder" | "text_encoder_2" for every text-encoder layer
     text_encoder_of: dict[str, str] = field(default_factory=dict)
     family: str = "sd1"
+    kind: NetworkKind = LORA
 
     @property
-    def layers(self) -> dict[str, LoraLayer]:
+    def layers(self) -> dict[str, BaseTunerLayer]:
         return {**self.unet_layers, **self.text_encoder_layers}
 
     def parameters(self, part: str = "all") -> list[nn.Parameter]:
@@ -96,16 +99,15 @@ class LoraNetwork:
                       if self.text_encoder_of.get(n, "text_encoder") == part}
         params = []
         for name in sorted(layers):
-            layer = layers[name]
-            params += [layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight]
+            params += list(self.kind.tensors(layers[name]).values())
         return params
 
     def rank_of(self, name: str) -> int:
         """The rank of one adapter (a LoCon conv may have conv_rank)."""
-        return int(self.layers[name].r[ADAPTER])
+        return self.kind.rank_of(self.layers[name])
 
     def alpha_of(self, name: str) -> float:
-        return float(self.layers[name].lora_alpha[ADAPTER])
+        return self.kind.alpha_of(self.layers[name])
 
     def is_conv(self, name: str) -> bool:
         """Whether the adapter sits on a k x k convolution (conv_rank / conv_alpha apply)."""
@@ -115,52 +117,51 @@ class LoraNetwork:
         return sum(p.numel() for p in self.parameters())
 
     def state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        """kohya tensors: `lora_down` = peft A [r, in], `lora_up` = peft B [out, r], `alpha`."""
+        """The file's tensors (docs/lora-format.md, per kind): LoRA `lora_down` = peft A
+        [r, in], `lora_up` = peft B [out, r]; DoRA + `dora_scale`; LoHa `hada_*`; LoKr
+        `lokr_*`; and each module's own `alpha` (a LoCon conv may have conv_alpha). Exact
+        copies (renamed, DoRA's magnitude reshaped), so a checkpoint resumes bit for bit."""
         tensors: dict[str, torch.Tensor] = {}
         for name, layer in self.layers.items():
-            tensors[f"{name}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().to(
-                "cpu", dtype).contiguous()
-            tensors[f"{name}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().to(
-                "cpu", dtype).contiguous()
-            # each layer's own alpha: a k x k conv may have conv_alpha
-            tensors[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]), dtype=dtype)
+            for suffix, value in self.kind.tensors(layer).items():
+                tensors[f"{name}.{suffix}"] = self.kind.file_tensor(
+                    suffix, value.detach()).to("cpu", dtype).contiguous()
+            tensors[f"{name}.alpha"] = torch.tensor(self.kind.alpha_of(layer), dtype=dtype)
         return tensors
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy kohya tensors into the adapters; every adapter must be filled, shapes must fit."""
+        """Copy file tensors into the adapters; every adapter must be filled, shapes must fit."""
         expected = set(self.state_dict_keys())
         missing = sorted(expected - set(tensors))
         extra = sorted(set(tensors) - expected)
         if missing or extra:
             raise NetworkError(
-                f"LoRA tensors do not match the network: missing {missing[:3]}, "
+                f"{self.kind.label} tensors do not match the network: missing {missing[:3]}, "
                 f"unexpected {extra[:3]} ({len(missing)} missing, {len(extra)} unexpected)")
         with torch.no_grad():
             for name, layer in self.layers.items():
-                for kohya, weight in (("lora_down", layer.lora_A[ADAPTER].weight),
-                                      ("lora_up", layer.lora_B[ADAPTER].weight)):
-                    source = tensors[f"{name}.{kohya}.weight"]
+                for suffix, weight in self.kind.tensors(layer).items():
+                    source = self.kind.from_file(suffix, tensors[f"{name}.{suffix}"], weight)
                     if source.shape != weight.shape:
-                        raise NetworkError(f"{name}.{kohya}.weight has shape "
-                                           f"{list(source.shape)}, the network needs "
-                                           f"{list(weight.shape)}")
+                        raise NetworkError(f"{name}.{suffix} has shape {list(source.shape)}, "
+                                           f"the network needs {list(weight.shape)}")
                     weight.copy_(source)
 
     def state_dict_keys(self) -> list[str]:
-        return [f"{name}.{part}" for name in self.layers
-                for part in ("lora_down.weight", "lora_up.weight", "alpha")]
+        return [f"{name}.{part}" for name, layer in self.layers.items()
+                for part in (*self.kind.tensors(layer), "alpha")]
 
     @contextmanager
     def strength(self, multiplier: float) -> Iterator[None]:
-        """Apply the LoRA at `multiplier` x its trained strength (0 = the base model)."""
+        """Apply the network at `multiplier` x its trained strength (0 = the base model)."""
         saved = {name: layer.scaling[ADAPTER] for name, layer in self.layers.items()}
         try:
             for name, layer in self.layers.items():
-                layer.scaling[ADAPTER] = saved[name] * multiplier
+                self.kind.set_strength(layer, saved[name], multiplier)
             yield
         finally:
             for name, layer in self.layers.items():
-                layer.scaling[ADAPTER] = saved[name]
+                self.kind.set_strength(layer, saved[name], 1.0)
 
 
 def _kernel(module: nn.Module) -> tuple[int, int]:
@@ -168,24 +169,24 @@ def _kernel(module: nn.Module) -> tuple[int, int]:
 
 
 def _inject(model: nn.Module, targets: list[str], network: NetworkConfig,
-            names: dict[str, str]) -> dict[str, LoraLayer]:
+            names: dict[str, str]) -> dict[str, BaseTunerLayer]:
     modules = dict(model.named_modules())
     # k x k convs take conv_rank / conv_alpha (kohya's rule); peft matches the pattern keys as
     # regular expressions against the end of a module's path, so whole paths are escaped
     own = {name: _kernel(modules[name]) for name in targets
            if network.rank_for(_kernel(modules[name])) != network.rank
            or network.alpha_for(_kernel(modules[name])) != network.alpha}
-    config = LoraConfig(r=network.rank, lora_alpha=network.alpha, lora_dropout=network.dropout,
-                        target_modules=targets, init_lora_weights=True, bias="none",
-                        rank_pattern={re.escape(n): network.rank_for(k) for n, k in own.items()},
-                        alpha_pattern={re.escape(n): network.alpha_for(k)
-                                       for n, k in own.items()})
+    kind = get_kind(network.kind)
+    config = getattr(peft, kind.peft_class)(**kind.peft_arguments(
+        network, targets, {re.escape(n): network.rank_for(k) for n, k in own.items()},
+        {re.escape(n): network.alpha_for(k) for n, k in own.items()}))
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     modules = dict(model.named_modules())
     layers = {names[name]: modules[name] for name in targets}
     for name, layer in layers.items():
-        if not isinstance(layer, LoraLayer):
+        if not isinstance(layer, BaseTunerLayer):
             raise NetworkError(f"peft did not wrap {name}; got {type(layer).__name__}")
+        kind.after_inject(layer)
     return layers
 
 
@@ -205,7 +206,7 @@ def apply_lora(unet: nn.Module, text_encoders: nn.Module | dict[str, nn.Module] 
     _check_rank(unet, unet_targets, network)
     unet_layers = _inject(unet, unet_targets, network,
                           unet_kohya_names(family, unet.config, unet_targets))
-    text_layers: dict[str, LoraLayer] = {}
+    text_layers: dict[str, BaseTunerLayer] = {}
     owner: dict[str, str] = {}
     for spec in family.text_encoders:
         encoder = (text_encoders or {}).get(spec.component)
@@ -219,7 +220,8 @@ def apply_lora(unet: nn.Module, text_encoders: nn.Module | dict[str, nn.Module] 
             layers = _inject(encoder, te_targets, network, names)
             text_layers.update(layers)
             owner.update({name: spec.component for name in layers})
-    return LoraNetwork(network.rank, network.alpha, unet_layers, text_layers, owner, family.name)
+    return LoraNetwork(network.rank, network.alpha, unet_layers, text_layers, owner, family.name,
+                       get_kind(network.kind))
 
 
 def apply_lora_to(base, network: NetworkConfig) -> LoraNetwork:

@@ -1,7 +1,7 @@
 """Reading an exported LoRA back and proving it is what docs/lora-format.md says.
 
 `verify_lora_file(path, base)` returns a VerifyReport: one Check (name, ok, detail) per rule.
-File rules: the grammar of every key, three tensors per module, one dtype, metadata present and
+File rules: the grammar of every key, complete modules of one network kind (trainer.network_kinds), one dtype, metadata present and
 consistent with the tensors (ss_network_dim, ss_network_alpha, base version / ss_v2 /
 modelspec.architecture), sshs_model_hash and sshs_legacy_hash recomputed. Base-model rules:
 every module exists in the base with the right shapes; then diffusers' own loader
@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from trainer.lora_reader import DTYPE_NAMES, LoraFile, read_lora_file
+from trainer.network_kinds import KINDS, LORA, NetworkKind, kind_of_suffixes
 from trainer.verify_report import VerifyReport, few
 
 _INDEX = r"\d+"
@@ -41,7 +42,8 @@ _SGM_CONV = (
 MODULE_NAME = re.compile(
     rf"^(?:lora_unet_(?:{_UNET_TRANSFORMER}|{_UNET_CONV}|{_SGM_TRANSFORMER}|{_SGM_CONV})"
     rf"|lora_te[12]?_text_model_encoder_layers_{_INDEX}_(?:self_attn_(?:q|k|v|out)_proj|mlp_fc[12]))$")
-PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
+PARTS = tuple(dict.fromkeys(part for kind in KINDS.values()
+                            for part in (*kind.required, *kind.optional))) + ("alpha",)
 REQUIRED_METADATA = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_v2",
                      "ss_base_model_version", "modelspec.sai_model_spec",
                      "modelspec.architecture", "sshs_model_hash", "sshs_legacy_hash")
@@ -77,14 +79,21 @@ def check_file(lora: LoraFile, report: VerifyReport) -> dict[str, dict[str, str]
                f"{len(bad)} keys outside the kohya grammar: {few(bad)}")
 
     modules = _modules(lora)
-    incomplete = []
+    kind = file_kind(lora, modules)
+    incomplete, other_kind = [], []
     for name, parts in sorted(modules.items()):
-        for part in PARTS:
+        shown = kind_of_suffixes(set(parts))
+        if shown is not None and shown is not kind:
+            other_kind.append(f"{name} ({shown.label})")
+        for part in (*kind.required, "alpha"):
             if part not in parts:
                 incomplete.append(f"{name}.{part}")
-    report.add("three tensors per module", not incomplete and bool(modules),
-               f"{len(modules)} modules, each with lora_down, lora_up and alpha" if not incomplete
-               else f"missing {few(incomplete)}"
+    needs = ", ".join((*kind.required, "alpha")) if kind.required else "lokr_w1 / lokr_w2 and alpha"
+    report.add("complete modules", not incomplete and not other_kind and bool(modules),
+               f"{len(modules)} {kind.label} modules, each with {needs}"
+               if not incomplete and not other_kind else
+               f"modules of another kind than the file's {kind.label}: {few(other_kind)}"
+               if other_kind else f"missing {few(incomplete)}"
                + (" (a missing alpha is read as scale 1 by every loader)"
                   if any(k.endswith(".alpha") for k in incomplete) else ""))
 
@@ -96,33 +105,40 @@ def check_file(lora: LoraFile, report: VerifyReport) -> dict[str, dict[str, str]
                f"tensors are stored as {', '.join(DTYPE_NAMES.get(d, d) for d in dtypes)}"
                + ("; the file must use one of fp16, bf16, fp32" if dtypes else ""))
 
-    # tensor shapes that need no base model: down/up ranks agree, alpha is 0-dim
+    # tensor shapes that need no base model: the kind's factors fit, alpha is 0-dim
     shape_problems = []
     ranks: dict[str, int] = {}
     for name, parts in sorted(modules.items()):
-        down = lora.entries.get(parts.get("lora_down.weight", ""))
-        up = lora.entries.get(parts.get("lora_up.weight", ""))
+        shapes = {part: tuple(lora.entries[key].shape) for part, key in parts.items()}
         alpha = lora.entries.get(parts.get("alpha", ""))
-        if down and up:
-            if len(down.shape) not in (2, 4) or len(up.shape) != len(down.shape) \
-                    or up.shape[1] != down.shape[0] or (len(up.shape) == 4 and up.shape[2:] != (1, 1)):
-                shape_problems.append(f"{name}: lora_down {list(down.shape)} and lora_up "
-                                      f"{list(up.shape)} do not make a rank-r pair")
-            else:
-                ranks[name] = down.shape[0]
+        if all(part in shapes for part in kind.required) and kind_of_suffixes(set(parts)) is kind:
+            problem = kind.parts_problem(shapes)
+            if problem:
+                shape_problems.append(f"{name}: {problem}")
+            elif kind.file_rank(shapes) is not None:
+                ranks[name] = kind.file_rank(shapes)
         if alpha and alpha.shape != ():
             shape_problems.append(f"{name}.alpha has shape {list(alpha.shape)}, not []")
-    report.add("rank pairs", not shape_problems,
-               f"lora_down [r, in] and lora_up [out, r] agree in {len(ranks)} modules"
+    report.add("factor shapes", not shape_problems,
+               f"the {kind.label} factors fit together in {len(modules)} modules"
                if not shape_problems else few(shape_problems, 2))
 
-    _check_metadata(lora, modules, ranks, report)
+    _check_metadata(lora, modules, ranks, report, kind)
     _check_hashes(lora, report)
     return modules
 
 
+def file_kind(lora: LoraFile, modules: dict[str, dict[str, str]]) -> NetworkKind:
+    """The file's network kind: what most of its modules' tensors show (LoRA when none)."""
+    from collections import Counter
+
+    shown = Counter(kind_of_suffixes(set(parts)) for parts in modules.values())
+    shown.pop(None, None)
+    return shown.most_common(1)[0][0] if shown else LORA
+
+
 def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: dict[str, int],
-                    report: VerifyReport) -> None:
+                    report: VerifyReport, kind: NetworkKind = LORA) -> None:
     meta = lora.metadata
     missing = [k for k in REQUIRED_METADATA if k not in meta]
     bad_json = []
@@ -132,7 +148,7 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
                 json.loads(meta[key])
             except ValueError:
                 bad_json.append(key)
-    wrong_module = meta.get("ss_network_module", "networks.lora") != "networks.lora"
+    wrong_module = meta.get("ss_network_module", kind.network_module) != kind.network_module
     thumbnail = meta.get("modelspec.thumbnail")
     bad_thumbnail = thumbnail is not None and not thumbnail.startswith("data:image/")
     report.add("metadata present", not (missing or bad_json or wrong_module or bad_thumbnail),
@@ -141,13 +157,12 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
                    ([f"missing {', '.join(missing)}"] if missing else [])
                    + ([f"{', '.join(bad_json)} not valid JSON"] if bad_json else [])
                    + ([f"ss_network_module = {meta['ss_network_module']!r}, expected "
-                       "'networks.lora'"] if wrong_module else [])
+                       f"{kind.network_module!r} for {kind.label}"] if wrong_module else [])
                    + (["modelspec.thumbnail is not a data:image/ URL"] if bad_thumbnail else [])))
 
     distinct = sorted(set(ranks.values()))
     conv_dim, conv_alpha = _conv_args(meta)
-    convs = {name for name, parts in modules.items()
-             if _is_kxk(lora.entries.get(parts.get("lora_down.weight", "")))}
+    convs = {name for name in modules if KXK_CONV.search(name)}
     if "ss_network_dim" in meta:
         try:
             dim = int(meta["ss_network_dim"])
@@ -157,14 +172,15 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
         wrong = [n for n, r in ranks.items()
                  if r != (conv_dim if n in convs and conv_dim is not None else dim)]
         also = f" (conv_dim {conv_dim} for the {len(convs)} k x k convs)" if convs else ""
-        report.add("ss_network_dim", dim is not None and not wrong and bool(ranks),
-                   f"ss_network_dim = {dim} = the rank of every module{also}" if dim is not None
-                   and not wrong and ranks else
+        # LoKr: a module whose two factors are full matrices has no rank (it reads at scale 1)
+        none_needed = kind.name == "lokr"
+        report.add("ss_network_dim", dim is not None and not wrong and (bool(ranks) or none_needed),
+                   f"ss_network_dim = {dim} = the rank of every module with one{also}"
+                   if dim is not None and not wrong and (ranks or none_needed) else
                    f"ss_network_dim = {meta['ss_network_dim']!r} is not a whole number"
                    if dim is None else "no module to compare with" if not ranks else
                    f"ss_network_dim = {dim} but the tensors have rank "
-                   f"{', '.join(map(str, distinct))} (e.g. {wrong[0]}.lora_down.weight "
-                   f"is {list(lora.entries[modules[wrong[0]]['lora_down.weight']].shape)})")
+                   f"{', '.join(map(str, distinct))} (e.g. {wrong[0]} has rank {ranks[wrong[0]]})")
     if "ss_network_alpha" in meta:
         try:
             alpha = float(meta["ss_network_alpha"])
@@ -172,7 +188,7 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
             alpha = None
         wrong = []
         for name, parts in sorted(modules.items()):
-            if "alpha" in parts:
+            if "alpha" in parts and (kind.name != "lokr" or name in ranks):
                 entry = lora.entries[parts["alpha"]]
                 value = float(lora.tensors[parts["alpha"]].float().flatten()[0]) \
                     if lora.tensors[parts["alpha"]].numel() else float("nan")
@@ -205,8 +221,10 @@ def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: d
                    f"modelspec.architecture {expected[0]}; the file says {v2} and {arch}")
 
 
-def _is_kxk(entry) -> bool:
-    return entry is not None and len(entry.shape) == 4 and tuple(entry.shape[2:]) != (1, 1)
+# the modules that are 3 x 3 convolutions in every family (ResNet conv1 / conv2, the samplers),
+# by name: a LoHa / LoKr file flattens their kernels, so the shapes do not tell
+KXK_CONV = re.compile(r"(_resnets_\d+_conv[12]|_(?:down|up)samplers_0_conv|_in_layers_2|"
+                      r"_out_layers_3|input_blocks_\d+_0_op|output_blocks_\d+_\d_conv)$")
 
 
 def _conv_args(meta: dict[str, str]) -> tuple[int | None, float | None]:
@@ -239,22 +257,32 @@ def _check_hashes(lora: LoraFile, report: VerifyReport) -> None:
                f"sshs_legacy_hash = {stored_legacy} but the tensors give {legacy}")
 
 
-def verify_lora_file(path: Path | str, base_model_path: Path | str | None = None) -> VerifyReport:
+def verify_lora_file(path: Path | str, base_model_path: Path | str | None = None,
+                     trained_network=None) -> VerifyReport:
     """Every check lora-format.md implies. Raises LoraFileError when the file cannot be read at
-    all and ModelError when the base model cannot be loaded; everything else is a Check."""
+    all and ModelError when the base model cannot be loaded; everything else is a Check.
+    `trained_network` (the LoraNetwork a run trained) adds the module-by-module comparison of
+    the file, applied as the loaders apply it, with the trained model's merged weights."""
     path = Path(path)
     lora = read_lora_file(path)
     report = VerifyReport(path, Path(base_model_path) if base_model_path else None)
     modules = check_file(lora, report)
+    kind = file_kind(lora, modules)
     if base_model_path is None:
         report.skipped.append("base model checks (shapes, base version, diffusers loading, "
                               "weights, outputs): no base model given")
         return report
     from trainer.models import load_base_model
+    from trainer.verify_applied import DIFFUSERS_CANNOT, check_applied
     from trainer.verify_base import check_base, check_diffusers
 
     base = load_base_model(Path(base_model_path))
-    check_base(lora, modules, base, report)
+    check_base(lora, modules, base, report, shapes=kind is LORA)
+    if kind is not LORA or trained_network is not None:
+        check_applied(lora, modules, kind, base, report, trained_network)
+    if kind.name in DIFFUSERS_CANNOT:
+        report.skipped.append(f"diffusers round trip: not applicable, {DIFFUSERS_CANNOT[kind.name]}")
+        return report
     if Path(base_model_path).is_dir():
         # free them: the pipeline loads its own copy
         base.unet = base.text_encoder = base.text_encoder_2 = None

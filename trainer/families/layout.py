@@ -13,6 +13,7 @@ from pathlib import Path
 
 from trainer.config import NetworkConfig
 from trainer.network_groups import ATTENTION_LEAVES, leaf_of
+from trainer.network_kinds import get_kind
 
 from . import get_family
 from .checkpoint_keys import unet_sgm_paths
@@ -174,10 +175,10 @@ def selected_modules(unet: dict, network: NetworkConfig) -> list[LayerShape]:
 
 
 def layer_parameter_count(layer: LayerShape, network: NetworkConfig) -> int:
-    """Trainable parameters of one adapted layer: rank x (in x kernel + out), down and up
-    (the layer's rank: conv_rank for a k x k convolution)."""
-    kh, kw = layer.kernel
-    return network.rank_for(layer.kernel) * (layer.fan_in * kh * kw + layer.fan_out)
+    """Trainable parameters of one adapted layer, by the network kind's own arithmetic (LoRA:
+    rank x (in x kernel + out); the layer's rank: conv_rank for a k x k convolution)."""
+    return get_kind(network.kind).parameter_count(layer.fan_in, layer.fan_out, layer.kernel,
+                                                  network.rank_for(layer.kernel), network)
 
 
 def network_parameter_count(layers: list[LayerShape], network: NetworkConfig) -> int:
