@@ -4,6 +4,7 @@ U-Net's layers, and the text encoders' when their LoRA is trained)."""
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLineEdit, QPlainTextEdit, QPushButton,
                                QTreeWidgetItem, QWidget)
 
@@ -13,9 +14,10 @@ from app.forms import Folding, Page, plain_label
 from app.model_info import (ModelDescription, known_layout, layer_parameter_count,
                             network_parameter_count, selected_modules, text_encoder_modules,
                             tree_blocks)
-from app.target_tree import (ALL_PROJECTIONS, TargetTree, as_settings, modules_key,
-                             split_entry, with_groups)
+from app.target_tree import (ALL_PROJECTIONS, NETWORK_DEFAULTS, TargetTree, as_settings,
+                             modules_key, split_entry, with_groups)
 from trainer.families import get_family
+from trainer.network_kinds import KINDS, get_kind
 from trainer.families.lora_names import unet_kohya_names
 
 # network.modules as the window offers it: one choice of what gets adapted
@@ -55,6 +57,17 @@ class NetworkSection(Page):
         self.binder = binder
         self.info = ModelDescription()
         self.known = False  # whether the tree shows the picked model's own blocks
+        kinds = combo([(kind.label, kind.name) for kind in KINDS.values()])
+        for index, kind in enumerate(KINDS.values()):
+            kinds.setItemData(index, kind.summary, Qt.ToolTipRole)
+        self.row("Kind", binder.field(
+            kinds, "network", "kind", "What the network is made of; each kind's own line "
+            "below says what it is good for and where it loads."))
+        self.kind_note = plain_label()
+        self.kind_note.setObjectName("network:kind-note")
+        self.row("", self.kind_note)
+        # another kind's options would be refused: switching kind sets them back
+        binder.companions["network.kind"] = self._options_for
         self.row("Rank", binder.field(
             spin(1, 4096), "network", "rank",
             "Size of the LoRA. 8-32 suits most styles and characters; higher learns more "
@@ -65,10 +78,30 @@ class NetworkSection(Page):
             "a common choice."))
         self.scale = plain_label()
         self.row("Effective scale", self.scale)
-        self.row("Dropout", binder.field(
-            dspin(0.0, 1.0, 0.05, 2), "network", "dropout",
+        self.dropout = binder.field(
+            dspin(0.0, 0.99, 0.05, 2), "network", "dropout",
             "Randomly switches off part of the LoRA while training to fight overfitting "
-            "(0 = off, 0.1 is mild)."))
+            "(0 = off, 0.1 is mild).")
+        self.row("Dropout", self.dropout)
+        factor = spin(-1, 1024)
+        factor.setSpecialValueText("auto (near the square root)")
+        self.kind_rows = {
+            "lokr_factor": self.row_for("LoKr factor", binder.field(
+                factor, "network", "lokr_factor",
+                "The size of one Kronecker factor of each layer (LyCORIS' factor): larger "
+                "learns more and makes a bigger file; 4-16 is usual. auto: near the square "
+                "root of each layer's width (the smallest file).")),
+            "decompose_both": self.row_for("", binder.field(
+                QCheckBox("decompose both factors"), "network", "decompose_both",
+                "LoKr: the first factor low-rank too (an even smaller file).")),
+            "rank_dropout": self.row_for("Rank dropout", binder.field(
+                dspin(0.0, 0.99, 0.05, 2), "network", "rank_dropout",
+                "LoHa / LoKr: drops rows of the change while training, against overfitting "
+                "(0 = off).")),
+            "module_dropout": self.row_for("Module dropout", binder.field(
+                dspin(0.0, 0.99, 0.05, 2), "network", "module_dropout",
+                "LoHa / LoKr: skips a whole layer's change on some steps (0 = off).")),
+        }
         groups = combo(MODULE_CHOICES)
         self.row("Layers", binder.field(
             groups, "network", "modules", MODULES_TIP,
@@ -163,6 +196,20 @@ class NetworkSection(Page):
         self._update_count()
         self._show_tree_error()
 
+    def row_for(self, label: str, widget: QWidget) -> QWidget:
+        self.row(label, widget)
+        return widget
+
+    @staticmethod
+    def _options_for(kind: str) -> dict:
+        """The other kinds' options at their defaults (they would be refused), and LoRA's
+        input dropout off for LoHa / LoKr (they have their own)."""
+        keep = get_kind(kind).options
+        defaults = {name: getattr(NETWORK_DEFAULTS, name) for name in
+                    ("lokr_factor", "decompose_both", "rank_dropout", "module_dropout")
+                    if name not in keep}
+        return {**defaults, **({"dropout": 0.0} if kind in ("loha", "lokr") else {})}
+
     def problems(self) -> list[str]:
         """Why these settings cannot train the picked model (empty when they can, or while no
         model with a known layout is picked)."""
@@ -238,13 +285,21 @@ class NetworkSection(Page):
             self._groups_changed()
         if key == "*":
             self._show_tree()
-        conv = "conv" in self.binder.config.network.modules
+        network = self.binder.config.network
+        conv = "conv" in network.modules
         self.form.setRowVisible(self.conv_rank, conv)
         self.form.setRowVisible(self.conv_alpha, conv)
+        kind = get_kind(network.kind)
+        self.kind_note.setText(kind.summary)
+        self.form.setRowVisible(self.dropout, kind.name in ("lora", "dora"))
+        for option, row in self.kind_rows.items():
+            self.form.setRowVisible(row, option in kind.options)
         if key == "*" or key.startswith("network."):
             network = self.binder.config.network
             self.scale.setText(f"{network.alpha:g} / {network.rank} = "
-                               f"{network.alpha / network.rank:.3g}")
+                               f"{network.alpha / network.rank:.3g}" + (
+                                   " (LoKr: 1 on layers whose two factors are full matrices, "
+                                   "as LyCORIS trains them)" if network.kind == "lokr" else ""))
         if key in ("*", "output.save_precision") or key.startswith("network."):
             self._update_count()
         self._show_tree_error()

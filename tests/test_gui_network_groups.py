@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QComboBox, QLineEdit
+from PySide6.QtWidgets import QComboBox, QLineEdit, QSpinBox
 
 from test_gui_model_family import real_layout_folder, window_for
 from test_network_groups import SD15_CONV, SD15_TRANSFORMER
@@ -71,3 +71,44 @@ def test_locon_in_the_window_is_counted_as_the_trainer_trains_it(qtbot, tmp_path
     assert trainer_count(window.config)[0] == 128
     assert not network.form.isRowVisible(network.conv_rank)
     assert "down.3" not in network.tree.block_items
+
+
+def choose_kind(window, label: str) -> None:
+    box = window.network.findChild(QComboBox, "network.kind")
+    assert box.findText(label) >= 0, label
+    box.setCurrentIndex(box.findText(label))
+
+
+def test_each_kind_in_the_window_shows_its_options_and_the_trainers_count(qtbot,
+                                                                         tmp_path: Path) -> None:
+    window = window_for(qtbot)
+    network = window.network
+    window.model.set_path(str(real_layout_folder(tmp_path, "sd1")))
+    rows = network.kind_rows
+    for label, kind, options in (("LoHa", "loha", {"rank_dropout", "module_dropout"}),
+                                 ("LoKr", "lokr", {"lokr_factor", "decompose_both",
+                                                   "rank_dropout", "module_dropout"}),
+                                 ("DoRA", "dora", set()), ("LoRA", "lora", set())):
+        choose_kind(window, label)
+        assert window.config.network.kind == kind
+        shown = {name for name, row in rows.items() if network.form.isRowVisible(row)}
+        assert shown == options, kind
+        assert network.form.isRowVisible(network.dropout) == (kind in ("lora", "dora"))
+        assert network.kind_note.text().startswith(
+            {"loha": "LyCORIS' Hadamard", "lokr": "LyCORIS' Kronecker", "dora": "LoRA that also",
+             "lora": "The standard"}[kind])
+        modules, parameters = trainer_count(window.config)
+        assert network.count.text().startswith(f"{modules} U-Net modules, {parameters:,} "
+                                               "trainable"), (kind, network.count.text())
+
+    # LoKr with a factor of its own, then back to LoRA: the factor goes back to auto (it would
+    # be refused for LoRA), nothing else moves
+    choose_kind(window, "LoKr")
+    rows["lokr_factor"].findChild(QSpinBox).setValue(8)
+    assert window.config.network.lokr_factor == 8
+    lokr = trainer_count(window.config)
+    choose_kind(window, "LoRA")
+    assert (window.config.network.kind, window.config.network.lokr_factor) == ("lora", -1)
+    assert not window.binder.errors
+    choose_kind(window, "LoKr")
+    assert trainer_count(window.config) != lokr  # auto factor: another size

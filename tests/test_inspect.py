@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from trainer.cli import main as cli
 from trainer.config import NetworkConfig
 from trainer.export import write_lora_file
-from trainer.lora_reader import init_network_from, normalise_key, read_lora_file
+from trainer.init_from import init_network_from
+from trainer.lora_reader import normalise_key, read_lora_file
 from trainer.models import load_base_model
 from trainer.network import NetworkError, apply_lora
 

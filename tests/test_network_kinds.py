@@ -270,3 +270,62 @@ def test_options_of_another_kind_are_refused_naming_both(network, message) -> No
 
     with pytest.raises(ConfigError, match=message):
         build_config({"network": network})
+
+
+@pytest.fixture(scope="module")
+def trained_kinds(tiny_model, data, tmp_path_factory) -> dict[str, Path]:
+    """A LoHa, a LoKr and a DoRA file of 2 steps each on the tiny SD 1.x model."""
+    root = tmp_path_factory.mktemp("kinds")
+    files = {}
+    for kind in KINDS:
+        settings = dict(schedule={"max_train_steps": 2}, optimizer={"learning_rate": 1e-2},
+                        network={**NETWORK, "kind": kind}, output={"save_precision": "fp32"})
+        files[kind] = train(tiny_config(tiny_model[0], data, root / kind, **settings), root / kind)
+    return files
+
+
+def test_inspect_names_the_kind_and_its_options(trained_kinds, tmp_path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    from trainer.cli import main as cli
+
+    expected = {"loha": "LoHa (LyCORIS: algo loha, conv_dim 2, conv_alpha 1, rank_dropout 0, ",
+                "lokr": "LoKr (LyCORIS: algo lokr, factor -1, decompose_both False, conv_dim 2",
+                "dora": "DoRA (LyCORIS: algo locon, dora_wd True, wd_on_output True, conv_dim 2"}
+    for kind, path in trained_kinds.items():
+        assert cli(["inspect", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"kind:          {expected[kind]}" in out, out
+        assert "modules:       128 (128 U-Net, 0 text encoder)" in out
+        assert "keys not understood" not in out and "warning" not in out
+    # a LyCORIS LoKr file as LyCORIS writes one (a decomposed second factor), not ours
+    name = "lora_unet_down_blocks_0_resnets_0_conv1"
+    foreign = tmp_path / "lycoris_lokr.safetensors"
+    save_file({f"{name}.lokr_w1": torch.ones(4, 4), f"{name}.lokr_w2_a": torch.ones(8, 2),
+               f"{name}.lokr_w2_b": torch.ones(2, 8 * 9), f"{name}.alpha": torch.tensor(1.0)},
+              str(foreign), metadata={"ss_network_module": "lycoris.kohya",
+                                      "ss_network_args": '{"algo": "lokr", "factor": "4"}'})
+    assert cli(["inspect", str(foreign)]) == 0
+    out = capsys.readouterr().out
+    assert "kind:          LoKr (LyCORIS: algo lokr, factor 4)" in out
+    assert "rank:          2 (1 modules)" in out and "alpha:         1 (1 modules)" in out
+
+
+def test_init_from_continues_a_file_of_its_kind_and_refuses_another(trained_kinds, tiny_model,
+                                                                    data, tmp_path) -> None:
+    from trainer.init_from import init_network_from
+    from trainer.network import NetworkError, apply_lora_to
+
+    for kind, path in trained_kinds.items():
+        config = tiny_config(tiny_model[0], data, tmp_path, network={**NETWORK, "kind": kind})
+        network = apply_lora_to(load_base_model(tiny_model[0]), config.network)
+        init_network_from(network, path)
+        assert all(torch.equal(v, load_file(path)[k]) for k, v in network.state_dict().items())
+    lora = apply_lora_to(load_base_model(tiny_model[0]), NetworkConfig(**NETWORK))
+    with pytest.raises(NetworkError, match=r"is a LoHa file but this run trains a LoRA; set "
+                                           r"network\.kind = 'loha' or pick a LoRA file"):
+        init_network_from(lora, trained_kinds["loha"])
+    lokr = apply_lora_to(load_base_model(tiny_model[0]),
+                         NetworkConfig(**{**NETWORK, "kind": "lokr", "alpha": 3.0}))
+    with pytest.raises(NetworkError, match=r"has alpha 2 but this run's network\.alpha is 3"):
+        init_network_from(lokr, trained_kinds["lokr"])

@@ -156,6 +156,7 @@ def _fallback_metadata(tensors: dict[str, torch.Tensor], config: dict) -> dict[s
     """Minimal kohya metadata for a checkpoint saved without metadata.json."""
     from trainer.metadata import base_model_metadata
     from trainer.models import ModelError, detect_architecture
+    from trainer.network_kinds import KINDS, LORA
 
     ranks = {int(t.shape[0]) for k, t in tensors.items() if k.endswith(".lora_down.weight")}
     alphas = {float(t) for k, t in tensors.items() if k.endswith(".alpha")}
@@ -169,7 +170,8 @@ def _fallback_metadata(tensors: dict[str, torch.Tensor], config: dict) -> dict[s
         raise ExportError(f"the checkpoint has no metadata.json and its base model cannot be "
                           f"read: {error}") from None
     prediction = (config.get("model") or {}).get("prediction_type", "auto")
-    meta = {"ss_network_module": "networks.lora",
+    kind = KINDS.get(str((config.get("network") or {}).get("kind", "lora")), LORA)
+    meta = {"ss_network_module": kind.network_module,
             "ss_network_dim": str(min(ranks)) if ranks else "0",
             "ss_network_alpha": f"{min(alphas):g}" if alphas else "0"}
     meta.update(base_model_metadata(family, "v_prediction" if family == "sd2_v"

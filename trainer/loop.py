@@ -151,7 +151,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     torch.manual_seed(config.schedule.seed)
     network = apply_lora_to(base, config.network)
     if config.network.init_from:
-        from trainer.lora_reader import init_network_from
+        from trainer.init_from import init_network_from
         init_network_from(network, config.network.init_from)
         send(Log("info", f"started from the LoRA {config.network.init_from}"))
     base.vae.requires_grad_(False).eval()

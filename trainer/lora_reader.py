@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from trainer.network_kinds import FILE_PARTS, LORA, NetworkKind, kind_of_suffixes
 from trainer.config import MAX_METADATA_CHARS  # per value; a 256 px JPEG thumbnail is ~30 000
 from trainer.families.safetensors_header import (
     DTYPE_SIZES, SafetensorsError, TensorInfo, parse_header,
@@ -181,7 +181,7 @@ class LoraFile:
 
     def block_counts(self) -> Counter:
         """Modules per block: "unet down.0", "unet mid", "unet up.3", "text encoder", ..."""
-        return Counter(block_of(name) for name in self.modules)
+        return Counter(block_of(name) for name in self.modules or self.kind_modules)
 
     @property
     def unet_modules(self) -> list[str]:
@@ -229,12 +229,43 @@ class LoraFile:
         return {"sdxl_base_v1-0": "sdxl", "sd_v2": "sd2", "sd_v1": "sd1"}.get(guess)
 
     @property
+    def kind_modules(self) -> dict[str, dict[str, str]]:
+        """module name -> {part: key} by the raw keys' suffixes of every kind (`lora_down.weight`,
+        `hada_w1_a`, `lokr_w1`, `dora_scale`, `alpha`): the file as A1111 / ComfyUI / LyCORIS
+        read kohya names, before any other naming is normalised."""
+        found: dict[str, dict[str, str]] = {}
+        for key in self.entries:
+            name, _, part = key.partition(".")
+            if part in FILE_PARTS:
+                found.setdefault(name, {})[part] = key
+        return found
+
+    @property
+    def network_kind(self) -> NetworkKind:
+        """The kind most modules' tensors show (DoRA, LoHa, LoKr); LoRA otherwise."""
+        shown = Counter(kind_of_suffixes(set(parts)) for parts in self.kind_modules.values())
+        shown.pop(None, None)
+        shown.pop(LORA, None)
+        return shown.most_common(1)[0][0] if shown else LORA
+
+    @property
     def kind(self) -> str:
-        """The network kind the tensors show: "LoRA", or LoCon when a module is a k x k conv
-        (LoHa / LoKr / DoRA keys are reported as keys not understood)."""
-        conv = any(m.down is not None and m.down.dim() == 4 and tuple(m.down.shape[2:]) != (1, 1)
-                   for m in self.modules.values())
-        return "LoCon (LoRA with conv layers)" if conv else "LoRA"
+        """The network kind in words with the options the file records: "LoRA", LoCon when a
+        module is a k x k conv, "LoKr (LyCORIS: factor 4, conv_dim 8, ...)"."""
+        kind = self.network_kind
+        if kind is LORA:
+            conv = any(m.down is not None and m.down.dim() == 4
+                       and tuple(m.down.shape[2:]) != (1, 1) for m in self.modules.values())
+            return "LoCon (LoRA with conv layers)" if conv else "LoRA"
+        try:
+            args = json.loads(self.metadata.get("ss_network_args") or "{}")
+        except ValueError:
+            args = {}
+        options = [f"{key} {args[key]}" for key in ("algo", "factor", "decompose_both", "dora_wd",
+                                                    "wd_on_output", "conv_dim", "conv_alpha",
+                                                    "rank_dropout", "module_dropout", "use_tucker")
+                   if isinstance(args, dict) and key in args]
+        return f"{kind.label} (LyCORIS{': ' + ', '.join(options) if options else ''})"
 
     def trigger_words(self, top: int = 10) -> tuple[list[str], list[tuple[str, int]]]:
         """(modelspec.trigger_phrase split at commas, the most frequent training tags)."""
@@ -523,6 +554,13 @@ def read_lora_file(path: Path | str) -> LoraFile:
                 component = "unet" if module.name.startswith("lora_unet_") else (
                     "text_encoder_2" if module.name.startswith("lora_te2_") else "text_encoder")
                 module.alpha = component_alphas.get(component)
+    # DoRA / LoHa / LoKr tensors are understood by kind (LoraFile.kind_modules), not as LoRA
+    parts: dict[str, set[str]] = {}
+    for key in entries:
+        name, _, part = key.partition(".")
+        parts.setdefault(name, set()).add(part)
+    unknown = [key for key in unknown if key.partition(".")[2] not in FILE_PARTS
+               or kind_of_suffixes(parts[key.partition(".")[0]]) is None]
     for key in unknown:
         kind = next((label for tail, label in _UNSUPPORTED.items() if key.endswith(tail)), None)
         if kind:
@@ -603,8 +641,22 @@ def format_inspect(lora: LoraFile) -> str:
         lines.append(f"architecture:  {lora.metadata['modelspec.architecture']}")
     ranks = ", ".join(f"{r} ({c} modules)" for r, c in sorted(lora.ranks.items()))
     alphas = ", ".join(f"{_number(a)} ({c} modules)" for a, c in sorted(lora.alphas.items()))
-    lines += [f"modules:       {len(lora.modules)} ({len(lora.unet_modules)} U-Net, "
-              f"{len(lora.text_encoder_modules)} text encoder)",
+    modules = {"all": len(lora.modules), "unet": len(lora.unet_modules),
+               "text": len(lora.text_encoder_modules)}
+    kind = lora.network_kind
+    if kind.required != LORA.required:  # LoHa / LoKr: counted by their own tensors
+        shapes = {name: {part: tuple(lora.entries[key].shape) for part, key in parts.items()}
+                  for name, parts in lora.kind_modules.items()}
+        found = Counter(kind.file_rank(s) for s in shapes.values() if kind_of_suffixes(set(s)))
+        ranks = ", ".join(f"{r if r else 'none (full factors)'} ({c} modules)"
+                          for r, c in sorted(found.items(), key=lambda rc: rc[0] or 0))
+        alphas = ", ".join(f"{_number(a)} ({c} modules)" for a, c in sorted(Counter(
+            float(lora.tensors[p["alpha"]].float()) for p in lora.kind_modules.values()
+            if "alpha" in p).items()))
+        unet = sum(1 for name in shapes if name.startswith("lora_unet_"))
+        modules = {"all": len(shapes), "unet": unet, "text": len(shapes) - unet}
+    lines += [f"modules:       {modules['all']} ({modules['unet']} U-Net, "
+              f"{modules['text']} text encoder)",
               f"rank:          {ranks or 'none'}",
               f"alpha:         {alphas or 'none'}"
               + (f"  [{len(lora.missing_alphas)} modules store no alpha: alpha = rank]"
@@ -653,81 +705,3 @@ def _block_order(label: str) -> tuple:
     stem, _, index = label.rpartition(".") if "." in label else (label, "", "")
     rank = next((i for i, prefix in enumerate(order) if stem.startswith(prefix)), len(order))
     return rank, stem, int(index) if index.isdigit() else -1
-
-
-# --- continuing training ----------------------------------------------------------------
-
-def init_network_from(network, path: Path | str) -> None:
-    """Copy an existing LoRA's weights into a freshly built LoraNetwork (`--init-from`).
-
-    The file must adapt exactly the network's modules with the network's rank and alpha;
-    any difference is refused with what differs named (NetworkError)."""
-    import torch
-
-    from trainer.network import NetworkError
-
-    path = Path(path)
-    try:
-        lora = read_lora_file(path)
-    except LoraFileError as error:
-        raise NetworkError(f"network.init_from: {error}") from None
-    if not lora.modules:
-        raise NetworkError(f"network.init_from: {path.name} holds no LoRA modules this trainer "
-                           f"understands ({len(lora.unknown_keys)} other keys)")
-    if lora.incomplete:
-        raise NetworkError(f"network.init_from: {path.name} is incomplete: module "
-                           f"{lora.incomplete[0]} lacks its down or up tensor")
-    if lora.unknown_keys:
-        raise NetworkError(f"network.init_from: {path.name} has keys this trainer does not "
-                           f"understand, e.g. {lora.unknown_keys[0]}")
-    if lora.family and lora.family != network.family:
-        from trainer.families import get_family
-
-        raise NetworkError(f"network.init_from: {path.name} is a LoRA for "
-                           f"{get_family(lora.family).label} models but this run trains on an "
-                           f"{get_family(network.family).label} model; pick a LoRA made for "
-                           f"{get_family(network.family).label}")
-    wanted, have = set(network.layers), set(lora.modules)
-    file_te, net_te = bool(lora.text_encoder_modules), bool(network.text_encoder_layers)
-    if file_te and not net_te:
-        raise NetworkError(
-            f"network.init_from: {path.name} adapts the text encoder "
-            f"({len(lora.text_encoder_modules)} modules) but this run does not train it; "
-            "set network.train_text_encoder = true")
-    if net_te and not file_te:
-        raise NetworkError(
-            f"network.init_from: {path.name} has no text-encoder modules but this run trains the "
-            "text encoder; set network.train_text_encoder = false")
-    if wanted != have:
-        missing, extra = sorted(wanted - have), sorted(have - wanted)
-        parts = []
-        if missing:
-            parts.append(f"the file lacks {len(missing)} of this run's modules "
-                         f"(e.g. {missing[0]})")
-        if extra:
-            parts.append(f"the file adapts {len(extra)} modules this run does not "
-                         f"(e.g. {extra[0]})")
-        raise NetworkError(f"network.init_from: {path.name} targets other modules than this "
-                           f"run: {'; '.join(parts)}; match network.blocks / attention / "
-                           "projections to the file")
-    # rank and alpha per module: a LoCon file's k x k convs have conv_rank / conv_alpha
-    for label, field_of, file_value, run_value, same in (
-            ("rank", "rank", lambda m: m.rank, network.rank_of, lambda a, b: a == b),
-            ("alpha", "alpha", lambda m: m.effective_alpha, network.alpha_of,
-             lambda a, b: math.isclose(a, b, rel_tol=1e-3))):
-        wrong = [name for name in sorted(wanted)
-                 if not same(file_value(lora.modules[name]), run_value(name))]
-        if wrong:
-            name = wrong[0]
-            setting = f"network.conv_{field_of}" if network.is_conv(name) else f"network.{field_of}"
-            found = file_value(lora.modules[name])
-            raise NetworkError(
-                f"network.init_from: {path.name} has {label} {found:g} but this run's {setting} "
-                f"is {run_value(name):g} ({len(wrong)} modules, e.g. {name}); set {setting} = "
-                f"{found:g}")
-    try:
-        tensors = {key: value.to(torch.float32) for key, value in lora.kohya_tensors().items()}
-        network.load_state_dict(tensors)
-    except (LoraFileError, NetworkError) as error:  # e.g. a tensor of the wrong shape
-        message = str(error).removeprefix(f"{path.name}: ")
-        raise NetworkError(f"network.init_from: {path.name}: {message}") from None

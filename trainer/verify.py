@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from trainer.lora_reader import DTYPE_NAMES, LoraFile, read_lora_file
-from trainer.network_kinds import KINDS, LORA, NetworkKind, kind_of_suffixes
+from trainer.network_kinds import FILE_PARTS, LORA, NetworkKind, kind_of_suffixes
 from trainer.verify_report import VerifyReport, few
 
 _INDEX = r"\d+"
@@ -42,8 +42,7 @@ _SGM_CONV = (
 MODULE_NAME = re.compile(
     rf"^(?:lora_unet_(?:{_UNET_TRANSFORMER}|{_UNET_CONV}|{_SGM_TRANSFORMER}|{_SGM_CONV})"
     rf"|lora_te[12]?_text_model_encoder_layers_{_INDEX}_(?:self_attn_(?:q|k|v|out)_proj|mlp_fc[12]))$")
-PARTS = tuple(dict.fromkeys(part for kind in KINDS.values()
-                            for part in (*kind.required, *kind.optional))) + ("alpha",)
+PARTS = FILE_PARTS
 REQUIRED_METADATA = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_v2",
                      "ss_base_model_version", "modelspec.sai_model_spec",
                      "modelspec.architecture", "sshs_model_hash", "sshs_legacy_hash")
@@ -58,17 +57,6 @@ def _close(a: float, b: float, rtol: float) -> bool:
 
 # --- rules on the file alone ------------------------------------------------------------
 
-def _modules(lora: LoraFile) -> dict[str, dict[str, str]]:
-    """module name -> {part: key} by the kohya grammar of the raw keys (not the reader's
-    normalisation: verify judges the file as A1111 / ComfyUI / kohya will read it)."""
-    found: dict[str, dict[str, str]] = {}
-    for key in lora.entries:
-        name, _, part = key.partition(".")
-        if part in PARTS:
-            found.setdefault(name, {})[part] = key
-    return found
-
-
 def check_file(lora: LoraFile, report: VerifyReport) -> dict[str, dict[str, str]]:
     keys = sorted(lora.entries)
     bad = [k for k in keys if not (k.partition(".")[2] in PARTS
@@ -78,8 +66,8 @@ def check_file(lora: LoraFile, report: VerifyReport) -> dict[str, dict[str, str]
                "the file has no tensors" if not keys else
                f"{len(bad)} keys outside the kohya grammar: {few(bad)}")
 
-    modules = _modules(lora)
-    kind = file_kind(lora, modules)
+    modules = lora.kind_modules
+    kind = lora.network_kind
     incomplete, other_kind = [], []
     for name, parts in sorted(modules.items()):
         shown = kind_of_suffixes(set(parts))
@@ -126,15 +114,6 @@ def check_file(lora: LoraFile, report: VerifyReport) -> dict[str, dict[str, str]
     _check_metadata(lora, modules, ranks, report, kind)
     _check_hashes(lora, report)
     return modules
-
-
-def file_kind(lora: LoraFile, modules: dict[str, dict[str, str]]) -> NetworkKind:
-    """The file's network kind: what most of its modules' tensors show (LoRA when none)."""
-    from collections import Counter
-
-    shown = Counter(kind_of_suffixes(set(parts)) for parts in modules.values())
-    shown.pop(None, None)
-    return shown.most_common(1)[0][0] if shown else LORA
 
 
 def _check_metadata(lora: LoraFile, modules: dict[str, dict[str, str]], ranks: dict[str, int],
@@ -267,7 +246,7 @@ def verify_lora_file(path: Path | str, base_model_path: Path | str | None = None
     lora = read_lora_file(path)
     report = VerifyReport(path, Path(base_model_path) if base_model_path else None)
     modules = check_file(lora, report)
-    kind = file_kind(lora, modules)
+    kind = lora.network_kind
     if base_model_path is None:
         report.skipped.append("base model checks (shapes, base version, diffusers loading, "
                               "weights, outputs): no base model given")

@@ -64,7 +64,7 @@ def evaluate_run(run_dir: Path) -> DemoEvaluation:
     """Score the run's last exported LoRA on the held-out scenes and write the results."""
     import torch
 
-    from trainer.lora_reader import init_network_from
+    from trainer.init_from import init_network_from
     from trainer.models import load_base_model
     from trainer.network import apply_lora
     from trainer.sampling import PreviewRenderer

@@ -11,8 +11,12 @@ from .lokr import KIND as LOKR
 from .lora import KIND as LORA
 
 KINDS: dict[str, NetworkKind] = {kind.name: kind for kind in (LORA, DORA, LOHA, LOKR)}
+# every tensor suffix a module of any kind has in the file, alpha last
+FILE_PARTS = tuple(dict.fromkeys(part for kind in KINDS.values()
+                                 for part in (*kind.required, *kind.optional))) + ("alpha",)
 
-__all__ = ["ADAPTER", "KINDS", "NetworkKind", "get_kind", "kind_of_suffixes"]
+__all__ = ["ADAPTER", "DORA", "FILE_PARTS", "KINDS", "LOHA", "LOKR", "LORA", "NetworkKind",
+           "get_kind", "kind_of_suffixes"]
 
 
 def get_kind(name: str) -> NetworkKind:
