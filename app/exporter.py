@@ -10,6 +10,7 @@ where the file is and offers to show its folder.
 from __future__ import annotations
 
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMessageBox, QPla
 
 from app.binding import Binder
 from app.verify_report import CheckList
+from trainer.network_kinds import KINDS, NetworkKind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +33,16 @@ def checkpoints_of(run_dir: Path) -> list[Path]:
         return []
     return sorted((p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")),
                   reverse=True)
+
+
+def run_kind(run_dir: Path) -> NetworkKind | None:
+    """The network kind a run trained (its config.toml); None when it cannot be read."""
+    try:
+        with open(run_dir / "config.toml", "rb") as handle:
+            kind = (tomllib.load(handle).get("network") or {}).get("kind", "lora")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return KINDS.get(kind) if isinstance(kind, str) else None
 
 
 def export_arguments(binder: Binder, checkpoint: Path, out: Path) -> list[str]:
@@ -77,6 +89,10 @@ class Exporter(QWidget):
         self.where = QLabel("Open or finish a run to export one of its checkpoints.")
         self.where.setTextFormat(Qt.PlainText)
         self.where.setWordWrap(True)
+        self.loads_in = QLabel()  # where the run's network kind loads as trained
+        self.loads_in.setObjectName("export:loads-in")
+        self.loads_in.setTextFormat(Qt.PlainText)
+        self.loads_in.setWordWrap(True)
         self.result = QLabel()
         self.result.setTextFormat(Qt.PlainText)
         self.result.setWordWrap(True)
@@ -96,6 +112,7 @@ class Exporter(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.where)
+        layout.addWidget(self.loads_in)
         layout.addLayout(row)
         done = QHBoxLayout()
         done.addWidget(self.result, 1)
@@ -116,6 +133,9 @@ class Exporter(QWidget):
         if self.run_dir is not None:
             self.where.setText(f"Run: {self.run_dir}" if has else
                                f"Run: {self.run_dir} (no checkpoints saved yet)")
+        kind = run_kind(self.run_dir) if self.run_dir else None
+        self.loads_in.setText(f"{kind.label} file. {kind.loads_in}" if kind else "")
+        self.loads_in.setVisible(kind is not None)
 
     def target(self) -> Path | None:
         if self.run_dir is None or self.checkpoint.currentIndex() < 0:

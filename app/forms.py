@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, Qt
 from PySide6.QtWidgets import (QFormLayout, QGroupBox, QLabel, QScrollArea, QToolButton,
                                QVBoxLayout, QWidget)
 
@@ -33,6 +33,25 @@ class Page(QScrollArea):
         self.form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
         self.body.addLayout(self.form)
         self.setWidget(inner)
+        inner.installEventFilter(self)
+
+    # QScrollArea sizes its widget by minimumSizeHint, which ignores wrapped labels' extra
+    # lines: with rows shown or a label wrapping onto two lines, the form got less height than
+    # it needs and drew the rows below a tall widget over it. The height for the viewport's
+    # width is the page's real minimum.
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.widget() and event.type() == QEvent.LayoutRequest:
+            self._fit_height()
+        return super().eventFilter(watched, event)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        layout = self.widget().layout()
+        if layout is not None and layout.hasHeightForWidth():
+            self.widget().setMinimumHeight(layout.heightForWidth(self.viewport().width()))
 
     def row(self, label: str, widget: QWidget) -> None:
         # An empty QLabel rather than none: a row without a label widget is laid out at its

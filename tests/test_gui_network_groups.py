@@ -112,3 +112,50 @@ def test_each_kind_in_the_window_shows_its_options_and_the_trainers_count(qtbot,
     assert not window.binder.errors
     choose_kind(window, "LoKr")
     assert trainer_count(window.config) != lokr  # auto factor: another size
+
+
+def test_the_export_section_says_where_the_runs_kind_loads(qtbot, tmp_path: Path) -> None:
+    from app.binding import Binder
+    from app.exporter import Exporter
+
+    exporter = Exporter(Binder())
+    qtbot.addWidget(exporter)
+    texts = {}
+    for kind in ("lora", "dora", "lokr"):
+        run = tmp_path / kind
+        (run / "checkpoints" / "step-000004").mkdir(parents=True)
+        (run / "config.toml").write_text(f'schema_version = 1\n[network]\nkind = "{kind}"\n')
+        exporter.set_run_dir(run)
+        texts[kind] = exporter.loads_in.text()
+        assert exporter.loads_in.isVisibleTo(exporter)
+    assert texts["lora"].startswith("LoRA file. Loads as trained in A1111/Forge, ComfyUI, "
+                                    "diffusers")
+    assert texts["dora"].startswith("DoRA file. DoRA loads as trained in LyCORIS;")
+    assert "diffusers refuses LoKr" in texts["lokr"]
+    exporter.set_run_dir(tmp_path / "nothing")  # no config: nothing claimed
+    assert not exporter.loads_in.isVisibleTo(exporter)
+
+
+def test_rows_shown_by_a_kind_never_overlap_the_tree(qtbot) -> None:
+    """Showing LoKr's four option rows and a two-line note made the scroll area keep too small
+    a page (it sizes by minimumSizeHint, which ignores wrapped lines): the rows under the layer
+    tree were drawn over it."""
+    from PySide6.QtWidgets import QApplication, QFormLayout
+
+    window = window_for(qtbot)
+    window.resize(1366, 768)
+    window.show()
+    window.show_section("Network")
+    for name, value in (("kind", "lokr"), ("modules", ["transformer", "conv"])):
+        for _ in range(10):
+            QApplication.processEvents()
+        window.binder.set_value("network", name, value)  # as a settings file or preset does
+        window.binder.load(window.config)
+    for _ in range(20):
+        QApplication.processEvents()
+    form = window.network.form
+    fields = [form.itemAt(row, QFormLayout.FieldRole).widget() for row in range(form.rowCount())
+              if form.isRowVisible(row) and form.itemAt(row, QFormLayout.FieldRole)]
+    boxes = [widget.geometry() for widget in fields if widget is not None]
+    overlaps = [(a.bottom(), b.top()) for a, b in zip(boxes, boxes[1:]) if a.bottom() >= b.top()]
+    assert not overlaps and len(boxes) > 15

@@ -329,3 +329,10 @@ def test_init_from_continues_a_file_of_its_kind_and_refuses_another(trained_kind
                          NetworkConfig(**{**NETWORK, "kind": "lokr", "alpha": 3.0}))
     with pytest.raises(NetworkError, match=r"has alpha 2 but this run's network\.alpha is 3"):
         init_network_from(lokr, trained_kinds["lokr"])
+
+
+def test_the_lokr_character_preset_builds_a_lokr_of_kohyas_set() -> None:
+    from trainer.config_io import build_config, load_config_data, preset_path
+
+    network = build_config(load_config_data(preset_path("sdxl-lokr-character"))).network
+    assert (network.kind, network.modules, network.lokr_factor) == ("lokr", ["transformer"], 8)

@@ -130,6 +130,7 @@ def main() -> int:
     for index, name in enumerate(SECTIONS, 1):
         shoot(app, window, name, args.out / f"{index}-{file_name(name)}.png")
     run_page_states(app, window, work, args.out, "")
+    network_states(app, window, args.out)
     from dark_palette import dark_palette
 
     app.setPalette(dark_palette())  # as when the system switches to its dark theme
@@ -141,6 +142,24 @@ def main() -> int:
     run_page_states(app, window, work, args.out, "dark-")
     window.close()
     return 0
+
+
+def network_states(app, window, out: Path) -> None:
+    """The Network section as a LoCon (kohya's set + convolutions, conv rank 8) and as a LoKr;
+    the settings go back to plain LoRA after."""
+    window.binder.set_value("network", "modules", ["transformer", "conv"])
+    window.binder.set_value("network", "conv_rank", 8)
+    window.binder.load(window.config)
+    window.network.tree.block_items["down.3"].setExpanded(True)
+    shoot(app, window, "Network", out / "network-locon.png")
+    window.binder.set_value("network", "kind", "lokr")
+    window.binder.set_value("network", "lokr_factor", 8)
+    window.binder.load(window.config)
+    shoot(app, window, "Network", out / "network-lokr.png")
+    for name, value in (("kind", "lora"), ("lokr_factor", -1), ("modules", ["attention"]),
+                        ("conv_rank", None)):
+        window.binder.set_value("network", name, value)
+    window.binder.load(window.config)
 
 
 def run_page_states(app, window, work: Path, out: Path, prefix: str) -> None:

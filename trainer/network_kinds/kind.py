@@ -20,6 +20,7 @@ class NetworkKind:
     name = "lora"
     label = "LoRA"
     summary = ""
+    loads_in = ""  # where the file applies as trained (docs/network-kinds.md, measured)
     network_module = "networks.lora"  # ss_network_module
     required = ("lora_down.weight", "lora_up.weight")  # tensors of one module besides alpha
     optional: tuple[str, ...] = ()

@@ -17,6 +17,7 @@ class Loha(NetworkKind):
     label = "LoHa"
     summary = ("LyCORIS' Hadamard LoRA: more expressive than LoRA at the same rank, twice its "
                "size. Loads in A1111/Forge, ComfyUI and LyCORIS; not in diffusers.")
+    loads_in = "Loads as trained in A1111/Forge, ComfyUI and LyCORIS; diffusers refuses LoHa."
     network_module = "lycoris.kohya"
     required = PARTS
     peft_class = "LoHaConfig"

@@ -53,6 +53,7 @@ class Lokr(NetworkKind):
     summary = ("LyCORIS' Kronecker LoRA: the smallest files (often under 5 MB for SDXL), good "
                "for characters and styles. Loads in A1111/Forge, ComfyUI and LyCORIS; not in "
                "diffusers.")
+    loads_in = "Loads as trained in A1111/Forge, ComfyUI and LyCORIS; diffusers refuses LoKr."
     network_module = "lycoris.kohya"
     required = ()
     optional = W1 + W2

@@ -11,6 +11,8 @@ class Lora(NetworkKind):
     label = "LoRA"
     summary = ("The standard: two small matrices per layer. Loads everywhere (A1111/Forge, "
                "ComfyUI, diffusers, Civitai); with convolutions picked it is a LoCon.")
+    loads_in = ("Loads as trained in A1111/Forge, ComfyUI, diffusers and LyCORIS (a LoCon's "
+                "conv layers too).")
 
 
 KIND = Lora()
