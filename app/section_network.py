@@ -94,6 +94,10 @@ class NetworkSection(Page):
             "decompose_both": self.row_for("", binder.field(
                 QCheckBox("decompose both factors"), "network", "decompose_both",
                 "LoKr: the first factor low-rank too (an even smaller file).")),
+            "use_tucker": self.row_for("", binder.field(
+                QCheckBox("Tucker convolutions (use_tucker)"), "network", "use_tucker",
+                "LoHa / LoKr: each 3x3 convolution as a small core and two projections, "
+                "LyCORIS' use_tucker: fewer parameters on the conv layers.")),
             "rank_dropout": self.row_for("Rank dropout", binder.field(
                 dspin(0.0, 0.99, 0.05, 2), "network", "rank_dropout",
                 "LoHa / LoKr: drops rows of the change while training, against overfitting "
@@ -206,7 +210,8 @@ class NetworkSection(Page):
         input dropout off for LoHa / LoKr (they have their own)."""
         keep = get_kind(kind).options
         defaults = {name: getattr(NETWORK_DEFAULTS, name) for name in
-                    ("lokr_factor", "decompose_both", "rank_dropout", "module_dropout")
+                    ("lokr_factor", "decompose_both", "rank_dropout", "module_dropout",
+                     "use_tucker")
                     if name not in keep}
         return {**defaults, **({"dropout": 0.0} if kind in ("loha", "lokr") else {})}
 

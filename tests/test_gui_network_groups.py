@@ -85,8 +85,9 @@ def test_each_kind_in_the_window_shows_its_options_and_the_trainers_count(qtbot,
     network = window.network
     window.model.set_path(str(real_layout_folder(tmp_path, "sd1")))
     rows = network.kind_rows
-    for label, kind, options in (("LoHa", "loha", {"rank_dropout", "module_dropout"}),
-                                 ("LoKr", "lokr", {"lokr_factor", "decompose_both",
+    for label, kind, options in (("LoHa", "loha", {"rank_dropout", "module_dropout",
+                                                   "use_tucker"}),
+                                 ("LoKr", "lokr", {"lokr_factor", "decompose_both", "use_tucker",
                                                    "rank_dropout", "module_dropout"}),
                                  ("DoRA", "dora", set()), ("LoRA", "lora", set())):
         choose_kind(window, label)

@@ -28,26 +28,36 @@ NETWORK = {"modules": ["transformer", "conv"], "rank": 4, "alpha": 2.0, "conv_ra
 
 def rebuilt(tensors: dict[str, torch.Tensor], name: str, weight: torch.Tensor) -> torch.Tensor:
     """The module's weight after a loader applies it at strength 1 (fp64), from the spec:
-    LoRA up·down·alpha/r; LoHa (w1a·w1b)⊙(w2a·w2b)·alpha/r, r = hada_w1_b rows; LoKr
+    LoRA up·down·alpha/r; LoHa (w1a·w1b)⊙(w2a·w2b)·alpha/r, r = hada_w1_b rows (Tucker: each
+    factor LyCORIS' rebuild_tucker of hada_t and its two projections); LoKr
     kron(w1, w2)·alpha/r with r from lokr_w1_b else lokr_w2_b, scale 1 with no such tensor;
     DoRA: dora_scale · (W + ΔW) / ||W + ΔW|| per output row."""
     t = {k.removeprefix(f"{name}."): v.double() for k, v in tensors.items()
          if k.startswith(f"{name}.")}
     w = weight.double()
     alpha = float(t["alpha"])
+    def tucker(core, first, second):  # LyCORIS' rebuild_tucker
+        return torch.einsum("i j ..., i p, j r -> p r ...", core, first, second)
+
     if "hada_w1_a" in t:
         r = t["hada_w1_b"].shape[0]
-        delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * alpha / r
+        if "hada_t1" in t:
+            delta = tucker(t["hada_t1"], t["hada_w1_a"], t["hada_w1_b"]) * tucker(
+                t["hada_t2"], t["hada_w2_a"], t["hada_w2_b"]) * alpha / r
+        else:
+            delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * alpha / r
         return w + delta.reshape(w.shape)
     if "lokr_w1" in t or "lokr_w1_a" in t:
         w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
-        w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
+        w2 = t["lokr_w2"] if "lokr_w2" in t else (
+            tucker(t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"]) if "lokr_t2" in t
+            else t["lokr_w2_a"] @ t["lokr_w2_b"])
         r = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else (
             t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else None)
         scale = alpha / r if r else 1.0
         if w2.dim() == 4:
             w1 = w1[:, :, None, None]
-        return w + (torch.kron(w1, w2) * scale).reshape(w.shape)
+        return w + (torch.kron(w1, w2.contiguous()) * scale).reshape(w.shape)
     down, up = t["lora_down.weight"], t["lora_up.weight"]
     delta = (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)) * alpha / down.shape[0]
     merged = w + delta.reshape(w.shape)
@@ -151,6 +161,31 @@ def test_lokr_with_two_full_factors_reads_at_scale_1_in_every_loader(tiny_model,
         assert torch.allclose(kron.reshape(delta.shape), delta, atol=1e-7), name
         assert float(tensors[f"{name}.alpha"]) == 16.0  # alpha / r = 1 under any reading
     assert float(delta.abs().max()) > 0
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_tucker_convolutions_read_back_as_trained(tiny_model, data, tmp_path, kind) -> None:
+    """use_tucker: each 3x3 conv of a LoHa (and a LoKr's decomposed second factor) is a core
+    [r, r, 3, 3] with projections [r, out] / [r, in]; rebuilt as LyCORIS does it, every module
+    is the trained one."""
+    from trainer.network import apply_lora_to
+
+    network = {"kind": kind, "modules": ["conv"], "rank": 4, "alpha": 2.0, "use_tucker": True,
+               **({"lokr_factor": 2, "decompose_both": True} if kind == "lokr" else {})}
+    settings = dict(schedule={"max_train_steps": 3}, optimizer={"learning_rate": 3e-2},
+                    network=network, output={"save_precision": "fp32"})
+    exported = train(tiny_config(tiny_model[0], data, tmp_path / "run", **settings), tmp_path / "run")
+    tensors = load_file(exported)
+    cores = [k for k in tensors if k.endswith(("hada_t1", "lokr_t2"))]
+    assert cores and all(tensors[k].shape[2:] == (3, 3) for k in cores)
+    base = load_base_model(tiny_model[0])
+    trained = apply_lora_to(base, tiny_config(tiny_model[0], data, tmp_path, **settings).network)
+    trained.load_state_dict(load_file(list_checkpoints(tmp_path / "run")[-1] / "lora.safetensors"))
+    with torch.no_grad():
+        for name, layer in trained.layers.items():
+            expected = trained_weight(layer)
+            got = rebuilt(tensors, name, layer.get_base_layer().weight)
+            assert float((got - expected).abs().max()) < 1e-5 * max(1.0, float(expected.abs().max()))
 
 
 def test_dora_magnitude_is_one_value_per_output_row_on_linear_and_conv(tiny_model, data,
@@ -263,6 +298,7 @@ def test_a_kind_with_a_rank_too_large_is_refused_before_training(tiny_model, net
     ({"kind": "dora", "rank_dropout": 0.1}, r"rank_dropout = 0\.1 applies to kind loha and lokr"),
     ({"kind": "loha", "dropout": 0.1}, r"dropout = 0\.1 is LoRA's input dropout; LoHa has "),
     ({"kind": "lokr", "lokr_factor": 0}, r"lokr_factor = 0: use -1"),
+    ({"kind": "dora", "use_tucker": True}, r"use_tucker = True applies to kind loha and lokr"),
     ({"kind": "oft"}, r"network\.kind = 'oft'"),
 ])
 def test_options_of_another_kind_are_refused_naming_both(network, message) -> None:

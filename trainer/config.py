@@ -145,6 +145,8 @@ class NetworkConfig(Section):
         -1, description="LoKr: the size of one Kronecker factor (LyCORIS' factor); -1: near "
                         "the square root of each layer's width")
     decompose_both: bool = Field(False, description="LoKr: the first factor low-rank too")
+    use_tucker: bool = Field(False, description="LoHa / LoKr: k x k convs as a Tucker core and "
+                                                "two projections (LyCORIS' use_tucker)")
     rank_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="LoHa / LoKr: drop rows of the weight change while training")
     module_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
@@ -199,7 +201,7 @@ class NetworkConfig(Section):
         """An option another kind reads would be ignored: refuse it, naming both."""
         kind = get_kind(self.kind)
         defaults = {"lokr_factor": -1, "decompose_both": False, "rank_dropout": 0.0,
-                    "module_dropout": 0.0}
+                    "module_dropout": 0.0, "use_tucker": False}
         for option, default in defaults.items():
             if getattr(self, option) != default and option not in kind.options:
                 users = [k.name for k in KINDS.values() if option in k.options]

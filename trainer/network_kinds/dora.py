@@ -15,10 +15,10 @@ class Dora(NetworkKind):
     name = "dora"
     label = "DoRA"
     summary = ("LoRA that also learns each layer's strength separately: often closer to a "
-               "full fine-tune at the same size (+1 value per output). Exact in LyCORIS, close "
-               "in ComfyUI; diffusers and A1111 1.10 read it as plain LoRA.")
-    loads_in = ("DoRA loads as trained in LyCORIS; ComfyUI and A1111/Forge apply it "
-                "differently, diffusers drops dora_scale (plain LoRA): see docs/network-kinds.md.")
+               "full fine-tune at the same size (+1 value per output). Exact only in LyCORIS; "
+               "approximate in ComfyUI, wrong in A1111/Forge, plain LoRA in diffusers.")
+    loads_in = ("DoRA loads as trained in LyCORIS; ComfyUI applies it approximately, A1111/Forge "
+                "reads the other orientation and diffusers drops dora_scale (docs/network-kinds.md).")
     network_module = "lycoris.kohya"
     required = ("lora_down.weight", "lora_up.weight", "dora_scale")
 

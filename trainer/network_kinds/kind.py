@@ -89,6 +89,12 @@ class NetworkKind:
         return weight + self.delta(parts, alpha, tuple(weight.shape))
 
     # -- size -------------------------------------------------------------------------------
+    @staticmethod
+    def rebuild_tucker(core, first, second):
+        """A Tucker-decomposed conv kernel, [p, r, kh, kw] = sum over i, j of core[i, j, kh, kw]
+        x first[i, p] x second[j, r] (LyCORIS' `rebuild_tucker`), with tensor methods only."""
+        return (first.t() @ core.permute(2, 3, 0, 1) @ second).permute(2, 3, 0, 1)
+
     def parameter_count(self, fan_in: int, fan_out: int, kernel: tuple[int, int], rank: int,
                         network) -> int:
         """Trainable parameters on one layer: down r x (in x kernel) and up out x r."""

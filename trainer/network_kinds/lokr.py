@@ -17,6 +17,7 @@ from .kind import ADAPTER, NetworkKind
 
 W1 = ("lokr_w1", "lokr_w1_a", "lokr_w1_b")
 W2 = ("lokr_w2", "lokr_w2_a", "lokr_w2_b")
+TUCKER = ("lokr_t2",)  # with use_tucker on a k x k conv: lokr_w2_a [r, b], lokr_w2_b [r, d]
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -53,17 +54,18 @@ class Lokr(NetworkKind):
     summary = ("LyCORIS' Kronecker LoRA: the smallest files (often under 5 MB for SDXL), good "
                "for characters and styles. Loads in A1111/Forge, ComfyUI and LyCORIS; not in "
                "diffusers.")
-    loads_in = "Loads as trained in A1111/Forge, ComfyUI and LyCORIS; diffusers refuses LoKr."
+    loads_in = ("Loads as trained in A1111/Forge, ComfyUI and LyCORIS (not its merge tool, which "
+                "applies alpha / r twice); diffusers refuses LoKr.")
     network_module = "lycoris.kohya"
     required = ()
-    optional = W1 + W2
+    optional = W1 + W2 + TUCKER
     peft_class = "LoKrConfig"
-    options = ("lokr_factor", "decompose_both", "rank_dropout", "module_dropout")
+    options = ("lokr_factor", "decompose_both", "rank_dropout", "module_dropout", "use_tucker")
 
     def peft_arguments(self, network, targets, rank_pattern, alpha_pattern) -> dict[str, Any]:
         return {"r": network.rank, "alpha": network.alpha, "rank_dropout": network.rank_dropout,
                 "module_dropout": network.module_dropout, "target_modules": targets,
-                "init_weights": True, "use_effective_conv2d": False,
+                "init_weights": True, "use_effective_conv2d": network.use_tucker,
                 "decompose_both": network.decompose_both,
                 "decompose_factor": network.lokr_factor,
                 "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern}
@@ -77,12 +79,13 @@ class Lokr(NetworkKind):
         return float(layer.alpha[ADAPTER])
 
     def tensors(self, layer) -> dict[str, Any]:
-        return {part: getattr(layer, part)[ADAPTER] for part in W1 + W2
+        return {part: getattr(layer, part)[ADAPTER] for part in W1 + W2 + TUCKER
                 if ADAPTER in getattr(layer, part)}
 
     def network_args(self, network) -> dict[str, str]:
         return {"algo": "lokr", "factor": str(network.lokr_factor),
                 "decompose_both": str(network.decompose_both),
+                "use_tucker": str(network.use_tucker),
                 "rank_dropout": f"{network.rank_dropout:g}",
                 "module_dropout": f"{network.module_dropout:g}"}
 
@@ -92,7 +95,12 @@ class Lokr(NetworkKind):
                     (full not in shapes and (low in shapes) != (high in shapes)):
                 return (f"lokr_{side} needs either lokr_{side} or both lokr_{side}_a and "
                         f"lokr_{side}_b; the module has {sorted(s for s in shapes if side in s)}")
-            if full not in shapes and shapes[low][1] != shapes[high][0]:
+            tucker = side == "w2" and "lokr_t2" in shapes
+            if tucker and not (len(shapes["lokr_t2"]) == 4 and shapes["lokr_t2"][:2] == (
+                    shapes[low][0], shapes[high][0])):
+                return (f"lokr_t2 {list(shapes['lokr_t2'])} is not [r, r, kh, kw] for "
+                        f"lokr_w2_a {list(shapes[low])} and lokr_w2_b {list(shapes[high])}")
+            if full not in shapes and not tucker and shapes[low][1] != shapes[high][0]:
                 return f"lokr_{side}_a {list(shapes[low])} and _b {list(shapes[high])} disagree"
         return ""
 
@@ -106,12 +114,17 @@ class Lokr(NetworkKind):
     def delta(self, parts: dict[str, Any], alpha: float | None, shape: tuple[int, ...]):
         """ComfyUI's arithmetic: kron(w1, w2) x alpha / r, scale 1 when no factor has a rank."""
         w1 = parts["lokr_w1"] if "lokr_w1" in parts else parts["lokr_w1_a"] @ parts["lokr_w1_b"]
-        w2 = parts["lokr_w2"] if "lokr_w2" in parts else parts["lokr_w2_a"] @ parts["lokr_w2_b"]
+        if "lokr_w2" in parts:
+            w2 = parts["lokr_w2"]
+        elif "lokr_t2" in parts:  # Tucker: [b, d, kh, kw] from the core and two projections
+            w2 = self.rebuild_tucker(parts["lokr_t2"], parts["lokr_w2_a"], parts["lokr_w2_b"])
+        else:
+            w2 = parts["lokr_w2_a"] @ parts["lokr_w2_b"]
         if w2.dim() == 4:
             w1 = w1.unsqueeze(2).unsqueeze(2)
         rank = self.file_rank({k: tuple(v.shape) for k, v in parts.items()})
         scale = alpha / rank if alpha is not None and rank else 1.0
-        return w1.kron(w2).reshape(shape) * scale
+        return w1.kron(w2.contiguous()).reshape(shape) * scale  # kron fails on a strided w2
 
     def parameter_count(self, fan_in, fan_out, kernel, rank, network) -> int:
         (a, c), (b, d), full_w1, full_w2 = factor_shapes(fan_in, fan_out, rank,
@@ -119,7 +132,12 @@ class Lokr(NetworkKind):
                                                          network.decompose_both)
         kk = kernel[0] * kernel[1]
         first = a * c if full_w1 else rank * (a + c)
-        second = b * d * kk if full_w2 else rank * (b + d * kk)
+        if full_w2:
+            second = b * d * kk
+        elif network.use_tucker and kk > 1:  # a core [r, r, kh, kw] and [r, b] + [r, d]
+            second = rank * rank * kk + rank * (b + d)
+        else:
+            second = rank * (b + d * kk)
         return first + second
 
 
