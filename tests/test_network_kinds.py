@@ -372,3 +372,21 @@ def test_the_lokr_character_preset_builds_a_lokr_of_kohyas_set() -> None:
 
     network = build_config(load_config_data(preset_path("sdxl-lokr-character"))).network
     assert (network.kind, network.modules, network.lokr_factor) == ("lokr", ["transformer"], 8)
+
+
+def test_inspect_reads_a_onetrainer_loha_by_its_dotted_names(tmp_path, capsys) -> None:
+    """OneTrainer names modules with dots (`lora_unet.down_blocks.0...`); its LoHa tensors
+    are the same, so the kind and module are named as for a kohya-named file."""
+    from safetensors.torch import save_file
+
+    from trainer.cli import main as cli
+
+    stem = "lora_unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    path = tmp_path / "onetrainer_loha.safetensors"
+    save_file({f"{stem}.hada_w1_a": torch.ones(320, 4), f"{stem}.hada_w1_b": torch.ones(4, 320),
+               f"{stem}.hada_w2_a": torch.ones(320, 4), f"{stem}.hada_w2_b": torch.ones(4, 320),
+               f"{stem}.alpha": torch.tensor(4.0)}, str(path))
+    assert cli(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "kind:          LoHa (LyCORIS)" in out and "modules:       1 (1 U-Net" in out
+    assert "unet down.0" in out and "keys not understood" not in out

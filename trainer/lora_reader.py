@@ -235,9 +235,8 @@ class LoraFile:
         read kohya names, before any other naming is normalised."""
         found: dict[str, dict[str, str]] = {}
         for key in self.entries:
-            name, _, part = key.partition(".")
-            if part in FILE_PARTS:
-                found.setdefault(name, {})[part] = key
+            if (place := kind_part(key)) is not None:
+                found.setdefault(place[0], {})[place[1]] = key
         return found
 
     @property
@@ -423,6 +422,18 @@ def normalise_key(key: str) -> tuple[str, str, str] | None:
     return None
 
 
+def kind_part(key: str) -> tuple[str, str] | None:
+    """(kohya module name, tensor suffix of some network kind) of a raw key, or None: kohya's
+    `name.suffix`, or another naming (OneTrainer's dotted, diffusers') whose module the LoRA
+    naming rules above name."""
+    name, _, part = key.partition(".")
+    if part in FILE_PARTS:
+        return name, part
+    part = next((p for p in FILE_PARTS if key.endswith("." + p)), "")
+    known = normalise_key(key[:-len(part)] + "lora_down.weight") if part else None
+    return (known[0], part) if known else None
+
+
 # --- reading ----------------------------------------------------------------------------
 
 # what `inspect` / `verify` / `--init-from` say for each kind of header problem
@@ -557,10 +568,10 @@ def read_lora_file(path: Path | str) -> LoraFile:
     # DoRA / LoHa / LoKr tensors are understood by kind (LoraFile.kind_modules), not as LoRA
     parts: dict[str, set[str]] = {}
     for key in entries:
-        name, _, part = key.partition(".")
-        parts.setdefault(name, set()).add(part)
-    unknown = [key for key in unknown if key.partition(".")[2] not in FILE_PARTS
-               or kind_of_suffixes(parts[key.partition(".")[0]]) is None]
+        if (place := kind_part(key)) is not None:
+            parts.setdefault(place[0], set()).add(place[1])
+    unknown = [key for key in unknown if kind_part(key) is None
+               or kind_of_suffixes(parts[kind_part(key)[0]]) is None]
     for key in unknown:
         kind = next((label for tail, label in _UNSUPPORTED.items() if key.endswith(tail)), None)
         if kind:
