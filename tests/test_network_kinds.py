@@ -13,13 +13,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from synthetic import make_shapes_dataset
+from test_network_groups import data, model  # noqa: F401 - the same fixtures: a dataset, a family's tiny model
 from test_training import losses, tiny_config
 from trainer.checkpoint import list_checkpoints
 from trainer.config import NetworkConfig
-from trainer.families import FAMILIES
 from trainer.loop import TrainControl, train
-from trainer.models import load_base_model, make_tiny_model
+from trainer.models import load_base_model
 
 KINDS = ["dora", "loha", "lokr"]
 NETWORK = {"modules": ["transformer", "conv"], "rank": 4, "alpha": 2.0, "conv_rank": 2,
@@ -77,20 +76,6 @@ def trained_weight(layer) -> torch.Tensor:
     with torch.no_grad():
         weight.copy_(original)
     return merged
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data") / "shapes"
-    make_shapes_dataset(folder, 4)
-    return folder
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def model(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"model-{request.param}")
-    make_tiny_model(root / "m", family=request.param, seed=6)
-    return request.param, root / "m"
 
 
 @pytest.mark.slow  # 9 runs, about 50 s
