@@ -1,11 +1,11 @@
-"""The LoRA network: which modules get adapters, peft injection, and kohya names.
+"""The network: which modules get adapters, peft injection of the chosen kind, and kohya names.
 
 peft's `LoraLayer` does the maths (W x + scale * B A x with scale = alpha / rank; on a conv
 layer A is a conv with the layer's kernel, stride and padding and B a 1 x 1 conv, kohya's LoCon
 layout); this module picks the targets from the config (trainer.network_groups: attention,
-transformer, conv), gives k x k convs their own rank and alpha, and maps every adapter to and
-from its kohya key, per family
-(docs/lora-format.md): SD 1.x / 2.x U-Net modules by their diffusers path
+transformer, conv), gives k x k convs their own rank and alpha, injects the kind's peft layer
+(trainer.network_kinds: LoRA, DoRA, LoHa, LoKr), and maps every adapter to and from its kohya
+key, per family (docs/lora-format.md): SD 1.x / 2.x U-Net modules by their diffusers path
 (`lora_unet_down_blocks_0_..._attn1_to_q`), SDXL ones by the original SGM path
 (`lora_unet_input_blocks_4_1_..._attn1_to_q`), text encoders as `lora_te_` (SD 1/2) or
 `lora_te1_` / `lora_te2_` (SDXL) + the transformers 4 path.

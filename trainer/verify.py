@@ -1,14 +1,17 @@
 """Reading an exported LoRA back and proving it is what docs/lora-format.md says.
 
 `verify_lora_file(path, base)` returns a VerifyReport: one Check (name, ok, detail) per rule.
-File rules: the grammar of every key, complete modules of one network kind (trainer.network_kinds), one dtype, metadata present and
-consistent with the tensors (ss_network_dim, ss_network_alpha, base version / ss_v2 /
-modelspec.architecture), sshs_model_hash and sshs_legacy_hash recomputed. Base-model rules:
-every module exists in the base with the right shapes; then diffusers' own loader
-(`load_lora_weights`) reads the file into a pipeline of the base model, and for every module the
-fused weight must equal W0 + (alpha / r) * up @ down, a fixed-seed U-Net (and text-encoder)
-output must change at strength 1 and equal the base at strength 0. A loader that "loads" a file
-without applying it is caught by the weights and the outputs, not by the absence of an error.
+File rules: the grammar of every key, complete modules of one network kind
+(trainer.network_kinds), the kind's factor shapes, one dtype, metadata present and consistent
+with the tensors (ss_network_module, ss_network_dim, ss_network_alpha with LoCon's conv_dim /
+conv_alpha, base version / ss_v2 / modelspec.architecture), sshs_model_hash and sshs_legacy_hash
+recomputed. Base-model rules: every module fits its base layer; for LoRA / LoCon diffusers' own
+loader (`load_lora_weights`) reads the file into a pipeline of the base model, and for every
+module the fused weight must equal W0 + (alpha / r) * up @ down, a fixed-seed U-Net (and
+text-encoder) output must change at strength 1 and equal the base at strength 0; every kind is
+also applied with the loaders' arithmetic (trainer.verify_applied), and at the end of a run
+compared module by module with the trained model. A loader that "loads" a file without applying
+it is caught by the weights and the outputs, not by the absence of an error.
 """
 
 from __future__ import annotations
