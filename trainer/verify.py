@@ -261,7 +261,12 @@ def verify_lora_file(path: Path | str, base_model_path: Path | str | None = None
     base = load_base_model(Path(base_model_path))
     check_base(lora, modules, base, report, shapes=kind is LORA)
     if kind is not LORA or trained_network is not None:
-        check_applied(lora, modules, kind, base, report, trained_network)
+        try:
+            check_applied(lora, modules, kind, base, report, trained_network)
+        except Exception as error:  # a crash is a failed check, never a failed run
+            message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            report.add("applied as the loaders do", False,
+                       f"stopped by {type(error).__name__}: {message}")
     if kind.name in DIFFUSERS_CANNOT:
         report.skipped.append(f"diffusers round trip: not applicable, {DIFFUSERS_CANNOT[kind.name]}")
         return report

@@ -89,10 +89,12 @@ def check_applied(lora: LoraFile, modules: dict[str, dict[str, str]], kind: Netw
 
 def _trained_weight(layer):
     """The trained layer's merged weight as peft merges it (the base weight is restored)."""
+    import torch
+
     weight = layer.get_base_layer().weight
     original = weight.detach().clone()
     layer.merge(adapter_names=[ADAPTER])
-    merged = weight.detach().double().clone()
+    merged = weight.detach().to("cpu", dtype=torch.float64).clone()  # a GPU run: on the CPU
     layer.unmerge()
     weight.copy_(original)  # unmerging subtracts again: restore the exact bits
     return merged
