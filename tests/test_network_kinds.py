@@ -375,3 +375,19 @@ def test_inspect_reads_a_onetrainer_loha_by_its_dotted_names(tmp_path, capsys) -
     out = capsys.readouterr().out
     assert "kind:          LoHa (LyCORIS)" in out and "modules:       1 (1 U-Net" in out
     assert "unet down.0" in out and "keys not understood" not in out
+
+
+def test_a_crash_in_the_applied_checks_is_a_failed_check_not_a_failed_run(
+        trained_kinds, tiny_model, monkeypatch) -> None:
+    import trainer.verify_applied as applied
+    from trainer.verify import verify_lora_file
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr(applied, "check_applied", broken)
+    report = verify_lora_file(trained_kinds["loha"], tiny_model[0])
+    failed = [check for check in report.checks if not check.ok]
+    assert [check.name for check in failed] == ["applied as the loaders do"]
+    assert failed[0].detail == ("stopped by RuntimeError: Expected all tensors to be on the same "
+                                "device")
