@@ -40,7 +40,7 @@ def run_kind(run_dir: Path) -> NetworkKind | None:
     try:
         with open(run_dir / "config.toml", "rb") as handle:
             kind = (tomllib.load(handle).get("network") or {}).get("kind", "lora")
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     return KINDS.get(kind) if isinstance(kind, str) else None
 

@@ -15,7 +15,7 @@ from app.model_info import (ModelDescription, known_layout, layer_parameter_coun
                             network_parameter_count, selected_modules, text_encoder_modules,
                             tree_blocks)
 from app.target_tree import (ALL_PROJECTIONS, NETWORK_DEFAULTS, TargetTree, as_settings,
-                             modules_key, split_entry, with_groups)
+                             model_has, modules_key, shown_groups, split_entry, with_groups)
 from trainer.families import get_family
 from trainer.network_kinds import KINDS, get_kind
 from trainer.families.lora_names import unet_kohya_names
@@ -83,14 +83,16 @@ class NetworkSection(Page):
             "Randomly switches off part of the LoRA while training to fight overfitting "
             "(0 = off, 0.1 is mild).")
         self.row("Dropout", self.dropout)
-        factor = spin(-1, 1024)
+        factor = spin(0, 1024)  # 0 shows "auto", which the settings call -1 (0 is no factor)
         factor.setSpecialValueText("auto (near the square root)")
         self.kind_rows = {
             "lokr_factor": self.row_for("LoKr factor", binder.field(
                 factor, "network", "lokr_factor",
                 "The size of one Kronecker factor of each layer (LyCORIS' factor): larger "
                 "learns more and makes a bigger file; 4-16 is usual. auto: near the square "
-                "root of each layer's width (the smallest file).")),
+                "root of each layer's width (the smallest file).",
+                get=lambda: factor.value() or -1,
+                put=lambda v: factor.setValue(0 if v == -1 else v))),
             "decompose_both": self.row_for("", binder.field(
                 QCheckBox("decompose both factors"), "network", "decompose_both",
                 "LoKr: the first factor low-rank too (an even smaller file).")),
@@ -195,7 +197,7 @@ class NetworkSection(Page):
         self.form.setRowVisible(self.te2_rate, two_encoders)
         family, blocks = tree_blocks(info)
         if family != self.tree.family or blocks != self.tree.blocks:
-            self.tree.set_blocks(family, blocks, self.binder.config.network.modules)
+            self.tree.set_blocks(family, blocks, shown_groups(self.binder.config.network))
             self._show_tree()
         self._update_count()
         self._show_tree_error()
@@ -245,17 +247,23 @@ class NetworkSection(Page):
         self._write(as_settings(self.tree.entries(), self.binder.config.network.modules,
                                 self.tree.has))
 
-    def _groups_changed(self) -> None:
-        """network.modules changed: the tree shows the groups picked, and layers picked one
-        by one keep their picks while the group added or dropped is added or dropped."""
+    def _groups_changed(self, edited: bool) -> None:
+        """The tree shows the groups picked (and any group a layer picked one by one belongs
+        to); when the user changed network.modules (`edited`), layers picked one by one keep
+        their picks while the group added or dropped is added or dropped. Settings loaded from
+        a file are shown as they are."""
         network = self.binder.config.network
-        if self.tree.shown_for(network.modules):
-            return
-        kinds = list(dict.fromkeys(block.key.partition(".")[0] for block in self.tree.blocks))
-        self.tree.set_blocks(self.tree.family, self.tree.blocks, network.modules)
-        if network.targets is not None:
-            self._write({"targets": with_groups(network.targets, network.modules, kinds)})
-        self._show_tree()
+        if edited and network.targets is not None:
+            blocks = self.tree.blocks
+            kinds = list(dict.fromkeys(block.key.partition(".")[0] for block in blocks))
+            self._write({"targets": with_groups(network.targets, network.modules, kinds,
+                                                lambda entry: model_has(blocks, entry))})
+        groups = shown_groups(self.binder.config.network)
+        rebuilt = not self.tree.shown_for(groups)
+        if rebuilt:
+            self.tree.set_blocks(self.tree.family, self.tree.blocks, groups)
+        if rebuilt or edited:
+            self._show_tree()
 
     def _write(self, settings: dict) -> None:
         for name, value in settings.items():
@@ -287,7 +295,7 @@ class NetworkSection(Page):
 
     def _config_changed(self, key: str) -> None:
         if key in ("*", "network.modules"):
-            self._groups_changed()
+            self._groups_changed(edited=key == "network.modules")
         if key == "*":
             self._show_tree()
         network = self.binder.config.network

@@ -66,9 +66,32 @@ def as_settings(entries: list[str], modules: list[str],
             "attention": NETWORK_DEFAULTS.attention, "projections": NETWORK_DEFAULTS.projections}
 
 
-def with_groups(targets: list[str], modules: list[str], kinds: list[str]) -> list[str]:
+def shown_groups(network: NetworkConfig) -> list[str]:
+    """The groups the tree shows: network.modules, and the groups of layers listed one by one
+    in network.targets (which train whatever modules says), so a file's picks all show."""
+    groups = list(network.modules)
+    for entry in network.targets or []:
+        group = group_of(TARGET_PATTERN.match(entry)["leaf"])
+        if group == "attention" and "transformer" not in groups and "attention" not in groups:
+            groups.append("attention")
+        elif group != "attention" and group not in groups:
+            groups.append(group)
+    return groups
+
+
+def model_has(blocks: list[UNetBlock], entry: str) -> bool:
+    """Whether a target entry ('up.conv1', 'mid.downsampler', 'down.2.proj_in') names a layer
+    of these blocks (whatever the tree shows now)."""
+    block, leaf = split_entry(entry)
+    return any(leaf in b.leaves and (b.key == block or b.key.partition(".")[0] == block)
+               for b in blocks)
+
+
+def with_groups(targets: list[str], modules: list[str], kinds: list[str],
+                exists=lambda entry: True) -> list[str]:
     """`targets` after network.modules changed: entries of groups no longer picked dropped,
-    a newly picked group's layers added for every block kind (`kinds`: down, mid, up)."""
+    a newly picked group's layers added for every block kind (`kinds`: down, mid, up) that has
+    them (`exists`: the middle block has no samplers, SD 1.x's up blocks no downsampler)."""
     def picked(leaf: str) -> bool:
         group = group_of(leaf)
         return (group == "conv" and "conv" in modules) or (
@@ -80,7 +103,7 @@ def with_groups(targets: list[str], modules: list[str], kinds: list[str]) -> lis
     added = [f"{kind}.{leaf}" for group, leaves in (
         ("attention", ATTENTION_LEAVES), ("transformer", TRANSFORMER_EXTRA_LEAVES),
         ("conv", CONV_LEAVES)) if group not in present for kind in kinds for leaf in leaves
-        if picked(leaf)]
+        if picked(leaf) and exists(f"{kind}.{leaf}")]
     return kept + added
 
 
@@ -215,7 +238,8 @@ class TargetTree(QTreeWidget):
             leaf.setCheckState(0, Qt.Checked if chosen else Qt.Unchecked)
 
     def unknown_entries(self, network: NetworkConfig) -> list[str]:
-        """Entries of the settings that name no block shown (a block this model lacks)."""
+        """Entries of the settings that name no layer shown (a block this model lacks, or a
+        layer its block lacks, like the middle block's downsampler)."""
         kinds = {block.partition(".")[0] for block in self.block_items}
         out = []
         for entry in network.target_layers:
@@ -224,6 +248,8 @@ class TargetTree(QTreeWidget):
             if block == "mid.0":
                 block = "mid"
             if block not in self.block_items and block not in kinds:
+                out.append(entry)
+            elif network.targets is not None and not self.has(entry):
                 out.append(entry)
         return out
 

@@ -160,3 +160,35 @@ def test_rows_shown_by_a_kind_never_overlap_the_tree(qtbot) -> None:
     boxes = [widget.geometry() for widget in fields if widget is not None]
     overlaps = [(a.bottom(), b.top()) for a, b in zip(boxes, boxes[1:]) if a.bottom() >= b.top()]
     assert not overlaps and len(boxes) > 15
+
+
+def test_picks_one_by_one_survive_groups_and_files(qtbot, tmp_path: Path) -> None:
+    """Adding the conv group to layers picked one by one adds only layers the blocks have (the
+    middle block has no sampler: the trainer refused the run); a file's picks are shown as they
+    are, also layers of a group its modules do not name (they train all the same)."""
+    window = window_for(qtbot)
+    network = window.network
+    window.model.set_path(str(real_layout_folder(tmp_path, "sd1")))
+    network.tree.leaves["down.1.attn1.to_q"].setCheckState(0, Qt.Unchecked)
+    choose_layers(window, "Attention + convolutions (LoCon)")
+    targets = window.config.network.targets
+    assert "mid.conv1" in targets and "down.downsampler" in targets
+    assert not {"mid.downsampler", "mid.upsampler", "up.downsampler"} & set(targets)
+    assert network.problems() == []
+    assert trainer_count(window.config)[0] == 128 - 2 + SD15_CONV[0]  # and the trainer agrees
+
+    # a file: conv group picked, every conv layer unticked; opened, it stays so
+    from trainer.config import TrainConfig
+
+    saved = window.config.model_copy(deep=True)
+    saved.network.targets = [t for t in targets if "attn" in t]
+    window.binder.load(saved)
+    assert window.config.network.targets == saved.network.targets
+    # a file naming a conv layer with modules = ["attention"]: the tree shows and keeps it
+    other = TrainConfig.model_validate(saved.model_dump())
+    other.network.modules = ["attention"]
+    other.network.targets = ["up.attn2.to_k", "down.0.conv1"]
+    window.binder.load(other)
+    assert network.tree.leaves["down.0.conv1"].checkState(0) == Qt.Checked
+    network.tree.leaves["mid.attn1.to_q"].setCheckState(0, Qt.Checked)  # an edit elsewhere
+    assert "down.0.conv1" in window.config.network.targets

@@ -391,3 +391,11 @@ def test_a_crash_in_the_applied_checks_is_a_failed_check_not_a_failed_run(
     assert [check.name for check in failed] == ["applied as the loaders do"]
     assert failed[0].detail == ("stopped by RuntimeError: Expected all tensors to be on the same "
                                 "device")
+
+
+def test_a_lokr_module_with_a_tucker_core_beside_a_full_factor_is_named_not_a_crash() -> None:
+    from trainer.network_kinds import get_kind
+
+    problem = get_kind("lokr").parts_problem({"lokr_w1": (4, 4), "lokr_w2": (8, 8, 3, 3),
+                                              "lokr_t2": (2, 2, 3, 3)})
+    assert problem == "lokr_t2 belongs to a decomposed lokr_w2, not beside a full one"

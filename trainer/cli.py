@@ -226,7 +226,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if not folder.is_dir():  # "no runs under passwd" would read as an empty folder
         what = "does not exist" if not os.path.lexists(folder) else "is not a folder"
         raise ConfigError(f"{folder} {what}; pass the folder that holds the runs")
-    runs = find_runs(args.dir)
+    runs = find_runs(folder)
     for run in runs:
         print(format_summary(summarize_run(run)))
     if not runs:

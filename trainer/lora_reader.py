@@ -658,7 +658,7 @@ def format_inspect(lora: LoraFile) -> str:
     if kind.required != LORA.required:  # LoHa / LoKr: counted by their own tensors
         shapes = {name: {part: tuple(lora.entries[key].shape) for part, key in parts.items()}
                   for name, parts in lora.kind_modules.items()}
-        found = Counter(kind.file_rank(s) for s in shapes.values() if kind_of_suffixes(set(s)))
+        found = Counter(kind.file_rank(s) for s in shapes.values() if kind_of_suffixes(set(s)) is kind)
         ranks = ", ".join(f"{r if r else 'none (full factors)'} ({c} modules)"
                           for r, c in sorted(found.items(), key=lambda rc: rc[0] or 0))
         alphas = ", ".join(f"{_number(a)} ({c} modules)" for a, c in sorted(Counter(

@@ -59,8 +59,9 @@ def link_problem(path: Path | str) -> str:
     except OSError as error:
         if not os.path.islink(path):
             return ""
-        return ("symbolic link loop (it leads back to itself)" if _loops(error)
-                else "broken link (its target is missing)")
+        if _loops(error):
+            return "symbolic link loop (it leads back to itself)"
+        return "broken link (its target is missing)" if error.errno == errno.ENOENT else ""
 
 
 def is_regular_file(entry: os.DirEntry) -> bool:

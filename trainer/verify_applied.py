@@ -13,8 +13,10 @@ from trainer.lora_reader import LoraFile
 from trainer.network_kinds import ADAPTER, NetworkKind
 from trainer.verify_report import VerifyReport, few
 
-# |file - trained| allowed, relative to the weight's magnitude, by the file's dtype
+# |file - trained| allowed, relative to the weight's magnitude, by the coarser of the file's
+# dtype and the trained base weights' (a bf16 run merges into bf16 weights)
 MERGED_RTOL = {"F16": 2e-3, "BF16": 1.6e-2, "F32": 1e-5}
+BASE_RTOL = {"torch.float16": 2e-3, "torch.bfloat16": 1.6e-2}
 DIFFUSERS_CANNOT = {
     "loha": "diffusers refuses LoHa keys (A1111/Forge, ComfyUI and LyCORIS load them)",
     "lokr": "diffusers refuses LoKr keys (A1111/Forge, ComfyUI and LyCORIS load them)",
@@ -59,9 +61,11 @@ def check_applied(lora: LoraFile, modules: dict[str, dict[str, str]], kind: Netw
                                 f"{list(weight.shape)} ({str(error).splitlines()[0][:80]})")
                 continue
             if trained is not None and name in trained.layers:
-                error = _max_diff(merged, _trained_weight(trained.layers[name]))
+                layer = trained.layers[name]
+                allowed = max(rtol, BASE_RTOL.get(str(layer.get_base_layer().weight.dtype), 0.0))
+                error = _max_diff(merged, _trained_weight(layer))
                 scale = max(1.0, float(merged.abs().max()))
-                if error > rtol * scale:
+                if error > allowed * scale:
                     differ.append(f"{name}: max |file - trained| = {error:.3g}")
                 worst = max(worst, (error / scale, name))
             saved[(component, path)] = weight.detach().clone()

@@ -96,6 +96,8 @@ class Lokr(NetworkKind):
                 return (f"lokr_{side} needs either lokr_{side} or both lokr_{side}_a and "
                         f"lokr_{side}_b; the module has {sorted(s for s in shapes if side in s)}")
             tucker = side == "w2" and "lokr_t2" in shapes
+            if tucker and full in shapes:
+                return "lokr_t2 belongs to a decomposed lokr_w2, not beside a full one"
             if tucker and not (len(shapes["lokr_t2"]) == 4 and shapes["lokr_t2"][:2] == (
                     shapes[low][0], shapes[high][0])):
                 return (f"lokr_t2 {list(shapes['lokr_t2'])} is not [r, r, kh, kw] for "
