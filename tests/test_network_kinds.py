@@ -399,3 +399,45 @@ def test_a_lokr_module_with_a_tucker_core_beside_a_full_factor_is_named_not_a_cr
     problem = get_kind("lokr").parts_problem({"lokr_w1": (4, 4), "lokr_w2": (8, 8, 3, 3),
                                               "lokr_t2": (2, 2, 3, 3)})
     assert problem == "lokr_t2 belongs to a decomposed lokr_w2, not beside a full one"
+
+
+def test_init_from_reads_a_kind_in_onetrainers_dotted_naming(trained_kinds, tiny_model, data,
+                                                             tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from trainer.init_from import init_network_from
+    from trainer.network import apply_lora_to
+
+    ours = load_file(trained_kinds["loha"])
+    paths = {path.replace(".", "_"): path for path, _ in
+             load_base_model(tiny_model[0]).unet.named_modules()}
+    dotted = {}
+    for key, value in ours.items():
+        name, _, part = key.partition(".")
+        dotted[f"lora_unet.{paths[name.removeprefix('lora_unet_')]}.{part}"] = value
+    assert len(dotted) == len(ours)
+    save_file(dotted, str(tmp_path / "onetrainer.safetensors"))
+    config = tiny_config(tiny_model[0], data, tmp_path, network={**NETWORK, "kind": "loha"})
+    network = apply_lora_to(load_base_model(tiny_model[0]), config.network)
+    init_network_from(network, tmp_path / "onetrainer.safetensors")
+    assert all(torch.equal(v, ours[k]) for k, v in network.state_dict().items())
+
+
+def test_a_checkpoint_without_metadata_exports_with_its_kinds_keys(trained_kinds,
+                                                                   tmp_path) -> None:
+    """An older checkpoint has no metadata.json: the export's minimal metadata is the kind's
+    (LoHa: lycoris.kohya), its rank the most common one (the 102 rank-4 layers, not the 26
+    conv-rank-2 convs)."""
+    import shutil
+
+    from trainer.export import export_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_kinds["loha"].parent, run)
+    checkpoint = list_checkpoints(run)[-1]
+    (checkpoint / "metadata.json").unlink()
+    out = export_checkpoint(checkpoint, tmp_path / "old.safetensors").path
+    with safe_open(str(out), "pt") as handle:
+        meta = handle.metadata()
+    assert (meta["ss_network_module"], meta["ss_network_dim"], meta["ss_network_alpha"]) == (
+        "lycoris.kohya", "4", "2")

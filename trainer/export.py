@@ -158,8 +158,17 @@ def _fallback_metadata(tensors: dict[str, torch.Tensor], config: dict) -> dict[s
     from trainer.models import ModelError, detect_architecture
     from trainer.network_kinds import KINDS, LORA
 
-    ranks = {int(t.shape[0]) for k, t in tensors.items() if k.endswith(".lora_down.weight")}
-    alphas = {float(t) for k, t in tensors.items() if k.endswith(".alpha")}
+    from collections import Counter
+
+    kind = KINDS.get(str((config.get("network") or {}).get("kind", "lora")), LORA)
+    shapes: dict[str, dict[str, tuple]] = {}
+    for key, tensor in tensors.items():
+        name, _, part = key.partition(".")
+        shapes.setdefault(name, {})[part] = tuple(tensor.shape)
+    # the most common rank and alpha: a LoCon's convs may have their own, smaller ones
+    ranks = Counter(rank for parts in shapes.values() if all(p in parts for p in kind.required)
+                    and (rank := kind.file_rank(parts)) is not None)
+    alphas = Counter(float(t) for k, t in tensors.items() if k.endswith(".alpha"))
     model = (config.get("model") or {}).get("path")
     if not model or not Path(model).exists():
         raise ExportError("the checkpoint has no metadata.json and its base model is not at "
@@ -170,10 +179,9 @@ def _fallback_metadata(tensors: dict[str, torch.Tensor], config: dict) -> dict[s
         raise ExportError(f"the checkpoint has no metadata.json and its base model cannot be "
                           f"read: {error}") from None
     prediction = (config.get("model") or {}).get("prediction_type", "auto")
-    kind = KINDS.get(str((config.get("network") or {}).get("kind", "lora")), LORA)
     meta = {"ss_network_module": kind.network_module,
-            "ss_network_dim": str(min(ranks)) if ranks else "0",
-            "ss_network_alpha": f"{min(alphas):g}" if alphas else "0"}
+            "ss_network_dim": str(ranks.most_common(1)[0][0]) if ranks else "0",
+            "ss_network_alpha": f"{alphas.most_common(1)[0][0]:g}" if alphas else "0"}
     meta.update(base_model_metadata(family, "v_prediction" if family == "sd2_v"
                                     else prediction))
     return meta

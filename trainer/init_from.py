@@ -109,7 +109,9 @@ def _init_kind_from(network, lora, path: Path) -> None:
         raise NetworkError(f"network.init_from: {path.name} is a {lora.network_kind.label} for "
                            f"{get_family(lora.family).label} models but this run trains on an "
                            f"{get_family(network.family).label} model")
-    tensors = {key: value.to(torch.float32) for key, value in lora.tensors.items()}
+    # by kohya name, whatever naming the file uses (OneTrainer's dotted names included)
+    tensors = {f"{name}.{part}": lora.tensors[key].to(torch.float32)
+               for name, parts in lora.kind_modules.items() for part, key in parts.items()}
     try:
         network.load_state_dict(tensors)
     except NetworkError as error:
