@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QLineEdit, QSpinBox
 
 from test_gui_model_family import real_layout_folder, window_for
 from test_network_groups import SD15_CONV, SD15_TRANSFORMER
+from test_network_kinds import count_on_meta
 
 
 def choose_layers(window, text: str) -> None:
@@ -21,15 +21,8 @@ def choose_layers(window, text: str) -> None:
 
 
 def trainer_count(config) -> tuple[int, int]:
-    from diffusers import UNet2DConditionModel
-
-    from trainer.families import get_family
-    from trainer.network import apply_lora
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(get_family("sd1").config("unet"))
-        network = apply_lora(unet, None, config.network, get_family("sd1"))
-    return len(network.layers), network.trainable_parameter_count()
+    """(modules, parameters) the trainer builds on the real SD 1.x U-Net (meta device)."""
+    return count_on_meta("sd1", config.network)
 
 
 def test_locon_in_the_window_is_counted_as_the_trainer_trains_it(qtbot, tmp_path: Path) -> None:

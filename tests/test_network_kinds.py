@@ -193,11 +193,11 @@ def test_dora_magnitude_is_one_value_per_output_row_on_linear_and_conv(tiny_mode
         assert torch.allclose(scale.reshape(-1), row_norm, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["lora", *KINDS])  # lora: a LoCon (NETWORK has convs)
 def test_resume_is_bit_identical_for_each_kind(tiny_model, data, tmp_path, kind: str) -> None:
     network = {**NETWORK, "kind": kind}
-    network.update({"rank_dropout": 0.1, "module_dropout": 0.1} if kind != "dora" else
-                   {"dropout": 0.1})
+    network.update({"rank_dropout": 0.1, "module_dropout": 0.1} if kind in ("loha", "lokr")
+                   else {"dropout": 0.1})
     settings = dict(schedule={"max_train_steps": 6, "seed": 9}, network=network,
                     dataset={"batch_size": 2, "flip_aug": True}, output={"save_precision": "fp32"})
     whole = train(tiny_config(tiny_model[0], data, tmp_path / "whole", **settings),
@@ -209,6 +209,8 @@ def test_resume_is_bit_identical_for_each_kind(tiny_model, data, tmp_path, kind:
     resumed = train(config, tmp_path / "part", resume=tmp_path / "part")
     a, b = load_file(whole), load_file(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if kind == "lora":  # the LoCon's 3x3 convs resumed too
+        assert any(v.dim() == 4 and v.shape[2] == 3 for v in a.values())
     assert losses(tmp_path / "part")[3:] == losses(tmp_path / "whole")[3:]
 
 

@@ -570,8 +570,8 @@ def read_lora_file(path: Path | str) -> LoraFile:
     for key in entries:
         if (place := kind_part(key)) is not None:
             parts.setdefault(place[0], set()).add(place[1])
-    unknown = [key for key in unknown if kind_part(key) is None
-               or kind_of_suffixes(parts[kind_part(key)[0]]) is None]
+    unknown = [key for key in unknown
+               if (place := kind_part(key)) is None or kind_of_suffixes(parts[place[0]]) is None]
     for key in unknown:
         kind = next((label for tail, label in _UNSUPPORTED.items() if key.endswith(tail)), None)
         if kind:

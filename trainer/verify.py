@@ -45,7 +45,6 @@ _SGM_CONV = (
 MODULE_NAME = re.compile(
     rf"^(?:lora_unet_(?:{_UNET_TRANSFORMER}|{_UNET_CONV}|{_SGM_TRANSFORMER}|{_SGM_CONV})"
     rf"|lora_te[12]?_text_model_encoder_layers_{_INDEX}_(?:self_attn_(?:q|k|v|out)_proj|mlp_fc[12]))$")
-PARTS = FILE_PARTS
 REQUIRED_METADATA = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_v2",
                      "ss_base_model_version", "modelspec.sai_model_spec",
                      "modelspec.architecture", "sshs_model_hash", "sshs_legacy_hash")
@@ -62,7 +61,7 @@ def _close(a: float, b: float, rtol: float) -> bool:
 
 def check_file(lora: LoraFile, report: VerifyReport) -> dict[str, dict[str, str]]:
     keys = sorted(lora.entries)
-    bad = [k for k in keys if not (k.partition(".")[2] in PARTS
+    bad = [k for k in keys if not (k.partition(".")[2] in FILE_PARTS
                                    and MODULE_NAME.match(k.partition(".")[0]))]
     report.add("key names", not bad and bool(keys),
                f"all {len(keys)} keys follow lora-format.md" if keys and not bad else

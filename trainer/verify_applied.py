@@ -40,7 +40,7 @@ def check_applied(lora: LoraFile, modules: dict[str, dict[str, str]], kind: Netw
     U-Net's output and, with `trained` (a LoraNetwork), the trained merged weights."""
     import torch
 
-    from trainer.verify_base import _module_paths, _named, _unet_output
+    from trainer.verify_base import _max_diff, _module_paths, _named, _unet_output
 
     paths, named = _module_paths(base, base.spec), _named(base, base.spec)
     before = _unet_output(base.unet)
@@ -102,7 +102,3 @@ def _trained_weight(layer):
     layer.unmerge()
     weight.copy_(original)  # unmerging subtracts again: restore the exact bits
     return merged
-
-
-def _max_diff(a, b) -> float:
-    return float((a.double() - b.double()).abs().max())
