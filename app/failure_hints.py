@@ -26,6 +26,8 @@ HINTS = {
     "disk_full": "Free some disk space; the earlier checkpoints and LoRA files are kept.",
     "run_folder": "Choose a runs folder you can write to (Run section).",
     "crashed": "If it happens again, lower the batch size or the resolution (Dataset section).",
+    "rank_lost": "Another process of this multi-process run stopped first; its message says "
+                 "why.",
     "internal": "This is a bug in LoRA Studio; the run folder's events.jsonl has the details.",
 }
 
@@ -49,6 +51,6 @@ def window_hint(event: Failed, run_dir: str | Path | None, started: bool = True)
     step = resumable_step(run_dir)
     if step:
         hint += f" Run > Resume continues from the checkpoint at step {step}."
-    elif event.kind in ("crashed", "disk_full", "nan", "out_of_memory"):
+    elif event.kind in ("crashed", "disk_full", "nan", "out_of_memory", "rank_lost"):
         hint += " No checkpoint was saved, so Start begins again."
     return hint

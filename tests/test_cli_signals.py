@@ -23,10 +23,15 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def start_training(tiny_model, shapes: Path, run: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "trainer.cli", "train", "--preset", "tiny-cpu", "--model",
-               str(tiny_model[0]), "--data", str(shapes), "--out", str(run), "--steps", "5000",
-               "--set", "output.save_every_n_steps=5", "--set", "output.verify=false"]
+def start_training(tiny_model, shapes: Path, run: Path, *extra: str, steps: int = 5000,
+                   launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`lora-train train` in its own process; `launcher`: torchrun's arguments, to run it under
+    `python -m torch.distributed.run` instead."""
+    python = [sys.executable, "-m", "torch.distributed.run", *launcher] if launcher else [
+        sys.executable]
+    command = [*python, "-m", "trainer.cli", "train", "--preset", "tiny-cpu", "--model",
+               str(tiny_model[0]), "--data", str(shapes), "--out", str(run), "--steps", str(steps),
+               "--set", "output.save_every_n_steps=5", "--set", "output.verify=false", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
 

@@ -24,7 +24,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: listing checkpoints sta
     import torch
 
 # Config fields a run may change on resume without changing what it computes.
+# precision.processes is checked on its own (trainer.resume): never free, not even with --force.
 RESUME_FREE_FIELDS = {"sampling", "output", "metadata", "precision.threads", "model.path",
+                      "precision.processes",
                       "dataset.kohya_config", "dataset.folders", "network.init_from"}
 
 
@@ -44,6 +46,7 @@ class TrainingPosition:
     dataset: list[list[Any]] = field(default_factory=list)  # [name, size, caption sha] per image
     config: dict[str, Any] = field(default_factory=dict)    # flattened training config
     base_model: str = ""  # the base U-Net's weights fingerprint ("" in older checkpoints)
+    processes: int = 1    # data-parallel processes that trained it (trainer.distributed)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -43,6 +43,9 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=int, help="optimizer steps to train")
     group.add_argument("--init-from", type=str, help="start from an existing LoRA file (same "
                                                       "rank and targets)")
+    group.add_argument("--processes", type=int, help="train data-parallel in N processes on this "
+                       "machine, one per GPU (precision.processes; the batch size is per "
+                       "process); several machines: run under torchrun, see the README")
 
 
 def resumed_run_dir(resume: Path) -> Path:
@@ -89,6 +92,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         short["network"] = {"init_from": path_of("init-from", args.init_from)}
     if args.steps is not None:
         short["schedule"] = {"max_train_steps": args.steps, "max_train_epochs": None}
+    if args.processes is not None:
+        short["precision"] = {"processes": args.processes}
     data = merge(data, short)
     for text in args.overrides:
         parts, value = parse_override(text)
@@ -167,6 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_dry_run(config)
     from trainer.checkpoint import list_checkpoints
+    from trainer.job_ranks import is_writer_process
     from trainer.jobs import Job, JobSpec
     from trainer.progress import ProgressPrinter
 
@@ -174,10 +180,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume is not None and args.out is None:  # the run continues in its folder, wherever
         config.output.dir = resumed_run_dir(resume)  # it is now (not its stored output.dir)
     run_dir = run_dir_for(config)
-    if resume is None and list_checkpoints(run_dir):
+    if resume is None and list_checkpoints(run_dir) and is_writer_process():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                           "or pick another --out")
     job = Job(JobSpec.from_config(config, run_dir, resume, args.force))
+    writer = is_writer_process()  # under torchrun, rank 0 alone reports (and only its failure)
     printer = ProgressPrinter()
     interrupts = []
 
@@ -208,6 +215,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     last = job.last_event
+    if job.state == "finished" and not writer:
+        return 0
     if job.state == "finished":
         print(f"LoRA written to {last.path}\nrun folder: {run_dir}")
         if interrupts:

@@ -286,6 +286,9 @@ class PrecisionConfig(Section):
     cache_latents_to_disk: bool = False
     cache_text_encoder_outputs: bool = True
     threads: Annotated[int, Field(ge=1, le=512)] | None = None
+    processes: Annotated[int, Field(
+        ge=1, le=64, description="data-parallel processes on this machine, one per GPU "
+                                 "(trainer.distributed); the batch size is per process")] = 1
 
 
 class SamplingConfig(Section):

@@ -18,6 +18,8 @@ HINTS = {
                      "latent caching, or use mixed precision fp16",
     "disk_full": "free some disk space; the earlier checkpoints and LoRA files are kept, and "
                  "`lora-train train --resume RUN_DIR` continues",
+    "rank_lost": "another process of this multi-process job stopped first (see its message); "
+                 "the last checkpoint is intact: resume with --resume RUN_DIR",
     "internal": "this is a bug in LoRA Studio; the run folder's events.jsonl has the details",
 }
 
@@ -48,6 +50,8 @@ def classify(error: BaseException) -> Failed:
         kind = "config"
     elif type(error).__name__ == "NonFiniteLoss":
         kind = "nan"
+    elif type(error).__name__ == "RankLost":  # trainer.distributed
+        kind = "rank_lost"
     elif _is_out_of_memory(error):
         kind = "out_of_memory"
     elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -17,6 +17,11 @@ class JobSpec:
     resume: str | None = None
     force: bool = False
 
+    @property
+    def processes(self) -> int:
+        """Data-parallel processes to start on this machine (precision.processes)."""
+        return int(self.config.get("precision", {}).get("processes", 1) or 1)
+
     @classmethod
     def from_config(cls, config: TrainConfig, run_dir: Path, resume: Path | None = None,
                     force: bool = False) -> JobSpec:

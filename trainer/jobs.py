@@ -12,7 +12,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Callable, Iterator
 from trainer.runs import list_checkpoints
 from trainer.events import (EVENTS_FILE, Event, EventLog, Failed, Finished, Heartbeat, Log,
                             Started)
+from trainer.job_ranks import (HelperRanks, free_port, how_it_ended, is_writer_process,
+                               launched_by_torchrun, place)
 from trainer.job_spec import JobSpec
 from trainer.run_folder import LOCK_NAME
 
@@ -29,6 +30,7 @@ __all__ = ["Job", "JobQueue", "JobSpec"]
 COMMANDS = ("stop", "pause", "resume", "sample_now", "save_now")
 LEFT_BY_A_FAILED_START = {EVENTS_FILE, "config.toml", LOCK_NAME}
 HEARTBEAT_TIMEOUT_S = 30.0
+RANK_LOST_GRACE_S = 30.0  # a rank died: rank 0 gets this long to fail on its own (NCCL may hang)
 STALL_WARNING_S = 15 * 60.0  # alive but silent this long: reported (caching 10,000 latents is quieter)  # generous: a long cache fill or model load still beats every 0.5 s
 
 
@@ -47,6 +49,7 @@ class Job:
     _paused: bool = False  # a paused run is quiet on purpose
     _made_folder: bool = False  # the run folder did not exist before this job
     _trained: bool = False  # a Started event arrived: training began
+    _helpers: HelperRanks | None = field(default=None, repr=False)  # ranks 1.. of N processes
 
     def start(self) -> None:
         from trainer.worker import run_job  # light module: torch is imported in the child
@@ -55,8 +58,13 @@ class Job:
 
         context = mp.get_context("spawn")
         self._events, self._commands = context.Queue(), context.Queue()
+        rank0 = None
+        if self.spec.processes > 1 and not launched_by_torchrun():  # torchrun has its own
+            port = free_port()
+            rank0 = place(0, self.spec.processes, port)
+            self._helpers = HelperRanks.start(self.spec, self.spec.processes, port, context)
         self._process = context.Process(target=run_job, name="lora-studio-trainer",
-                                        args=(self.spec, self._events, self._commands),
+                                        args=(self.spec, self._events, self._commands, rank0),
                                         daemon=True)
         self._process.start()
         self._last_seen = self._last_progress = time.monotonic()
@@ -117,6 +125,8 @@ class Job:
         """Drop the queues once the child has exited (never waits: the GUI calls poll)."""
         if self._process is not None and self._process.is_alive():
             return  # still winding down after Finished/Failed; a later poll releases
+        if self._helpers is not None and not self._helpers.finished():
+            return  # the other ranks are leaving too
         for channel in (self._events, self._commands):
             if channel is not None:
                 channel.close()
@@ -129,7 +139,8 @@ class Job:
         no run folder behind: it held only its own log and config, and the failure has been
         reported. A folder that existed before, or holds anything else, is never touched."""
         folder = Path(self.spec.run_dir)
-        if self.state != "failed" or self._trained or not self._made_folder or self.spec.resume:
+        if (self.state != "failed" or self._trained or not self._made_folder or self.spec.resume
+                or not is_writer_process()):  # a torchrun rank > 0 leaves rank 0's folder be
             return
         try:
             if folder.is_dir() and {p.name for p in folder.iterdir()} <= LEFT_BY_A_FAILED_START:
@@ -146,8 +157,15 @@ class Job:
         """Abort now (the last checkpoint stays intact: checkpoints are renamed into place)."""
         if self._process is not None and self._process.is_alive():
             self._process.kill()
+        if self._helpers is not None:
+            self._helpers.kill()
 
-    def _note(self, event: Event) -> Event:
+    def _note(self, event: Event, record: bool = False) -> Event:
+        if isinstance(event, Failed) and self._helpers and self._helpers.check():
+            # rank 0 failed because another rank died or failed first: that is the reason
+            event, record = self._rank_failure(event), True
+        if record:
+            self._record(event)
         self.last_event = event
         self._trained = self._trained or isinstance(event, Started)
         if isinstance(event, Finished):
@@ -156,8 +174,26 @@ class Job:
             self.state = "failed"
         return event
 
+    def _rank_failure(self, rank0: Failed) -> Failed:
+        """One failure for the whole job: the rank that went first, what rank 0 saw, what
+        is left (the checkpoints are rank 0's, written atomically, so the last one loads)."""
+        first = self._helpers.failure
+        has_checkpoint = bool(list_checkpoints(Path(self.spec.run_dir)))
+        return Failed(kind=first.kind,
+                      message=f"{first.message}; the job stopped (rank 0: {rank0.message})",
+                      hint=first.hint or (
+                          "the last checkpoint is intact: resume with --resume RUN_DIR (the "
+                          "same number of processes)" if has_checkpoint else
+                          "no checkpoint was saved yet; start the run again"))
+
     def _check_alive(self) -> list[Event]:
         assert self._process is not None
+        lost = self._helpers.check() if self._helpers else None
+        if lost and self._process.is_alive() and (
+                time.monotonic() - self._helpers.failed_at > RANK_LOST_GRACE_S):
+            self.kill()  # rank 0 is stuck in a collective with the dead rank: end it
+            return [self._crashed(f"it waited {RANK_LOST_GRACE_S:.0f} s for the others and "
+                                  "was ended")]
         if self._process.is_alive():
             if time.monotonic() - self._last_seen > HEARTBEAT_TIMEOUT_S:
                 self.kill()
@@ -195,9 +231,8 @@ class Job:
         if self.done:
             return late
         code = self._process.exitcode
-        how = (f"was killed by signal {signal.Signals(-code).name}" if code and code < 0
-               else f"exited with code {code}")
-        return late + [self._crashed(f"the trainer process {how} without finishing")]
+        return late + [self._crashed(f"the trainer process {how_it_ended(code)} without "
+                                     "finishing")]
 
     def _crashed(self, message: str) -> Failed:
         """The child ended without a word: say so, and append it to the run's log. This runs
@@ -208,14 +243,18 @@ class Job:
                 "lower the batch size or resolution" if has_checkpoint else
                 "no checkpoint was saved, so start it again; if it happens again, lower the "
                 "batch size or resolution")
-        event = self._note(Failed(kind="crashed", message=message, hint=hint))
+        return self._note(Failed(kind="crashed", message=message, hint=hint), record=True)
+
+    def _record(self, event: Event) -> None:
+        """Append what the job (not the child) concluded to the run's log."""
+        if not is_writer_process():
+            return  # rank 0's process writes the run's log
         try:
-            log = EventLog(Path(self.spec.run_dir))  # the child is gone: ours to append to
+            log = EventLog(Path(self.spec.run_dir))  # the child is done: ours to append to
             log.write(event)
             log.close()
         except OSError:
             pass  # the event still reaches the caller; only the file record is missing
-        return event
 
 
 class JobQueue:

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from trainer import checkpoint as ckpt
+from trainer import distributed
 from trainer.caching import (LatentCache, TextEmbeddingCache, default_cache_dir,
                              weights_fingerprint)
 from trainer.conditioning import Conditioning, encode_prompts
@@ -23,13 +24,16 @@ from trainer.config import TrainConfig
 from trainer.config_io import ConfigError, config_to_toml
 from trainer.data import (DatasetError, DatasetReport, base_caption, captions_are_static, epoch_batches,
                           sample_plan, scan_dataset)
-from trainer.events import Event, EventLog, Finished, Log, Loss, Progress, Saved, Started
+from trainer.data.batches import derive_seed
+from trainer.events import (Event, EventLog, Failed, Finished, Log, Loss, Progress, Saved,
+                            Started)
 from trainer.metadata import training_metadata
 from trainer.models import load_base_model
 from trainer.network import apply_lora_to
-from trainer.objective import diffusion_loss
+from trainer.objective import diffusion_loss, draw_noise
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.export import cover_thumbnail
+from trainer.resume import restore, training_state
 from trainer.run_folder import claim_run_folder, release_run_folder
 from trainer.sampling import PreviewRenderer, prompt_specs
 
@@ -63,10 +67,11 @@ def resolve_device(choice: str) -> torch.device:
         choice == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def total_steps_for(config: TrainConfig, report: DatasetReport) -> int:
-    """Optimizer steps: epochs win when set (as in kohya), else max_train_steps."""
+def total_steps_for(config: TrainConfig, report: DatasetReport, processes: int = 1) -> int:
+    """Optimizer steps: epochs win when set (as in kohya), else max_train_steps. An epoch's
+    batches are global ones: `processes` x the batch size."""
     if config.schedule.max_train_epochs:
-        batches = report.steps_per_epoch()
+        batches = report.steps_per_epoch(report.settings.batch_size * processes)
         per_epoch = math.ceil(batches / config.schedule.gradient_accumulation_steps)
         return config.schedule.max_train_epochs * per_epoch
     return int(config.schedule.max_train_steps or 0)
@@ -75,35 +80,47 @@ def total_steps_for(config: TrainConfig, report: DatasetReport) -> int:
 def train(config: TrainConfig, run_dir: Path, *, emit: Callable[[Event], None] = lambda e: None,
           control: TrainControl | None = None, resume: Path | None = None,
           force: bool = False) -> Path:
-    """Run one job; returns the exported LoRA file. Resumable from any checkpoint it saves."""
+    """Run one job; returns the exported LoRA file. Resumable from any checkpoint it saves.
+
+    Started as one of several processes (trainer.distributed: RANK and WORLD_SIZE set), rank 0
+    writes and reports; the others train their rows of each batch and say only why they failed."""
     control = control or TrainControl()
-    claimed = claim_run_folder(run_dir, new_run=resume is None)  # the job's child did already
-    log = EventLog(run_dir)
+    ranks = distributed.ranks_from_env()
+    # the job's child claimed it already; only rank 0 writes into the run folder
+    claimed = ranks.writer and claim_run_folder(run_dir, new_run=resume is None)
+    log = EventLog(run_dir) if ranks.writer else None
 
     def send(event: Event) -> None:
-        log.write(event)
-        emit(event)
+        if log is not None:
+            log.write(event)
+            emit(event)
+        elif isinstance(event, (Failed, Finished)):  # how this rank ended, for its job
+            emit(event)
 
     try:
-        return _train(config, run_dir, send, control, resume, force)
+        return _train(config, run_dir, send, control, resume, force, ranks)
     except Exception as error:
         from trainer.failures import classify
         send(classify(error))  # the run folder records why it ended
         raise
     finally:
-        log.close()
+        distributed.leave(ranks)
+        if log is not None:
+            log.close()
         if claimed:
             release_run_folder(run_dir)
 
 
 def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
-           control: TrainControl, resume: Path | None, force: bool) -> Path:
+           control: TrainControl, resume: Path | None, force: bool,
+           ranks: distributed.Ranks) -> Path:
     started_at = time.time()
     cfg_toml = config_to_toml(config)
-    (run_dir / "config.toml").write_text(cfg_toml, encoding="utf-8")
+    if ranks.writer:
+        (run_dir / "config.toml").write_text(cfg_toml, encoding="utf-8")
     if config.precision.threads:
         torch.set_num_threads(config.precision.threads)
-    device = resolve_device(config.precision.device)
+    device = distributed.join(ranks, resolve_device(config.precision.device))
     # The cover is only needed by the export at the end: read it now, so a missing, broken or
     # enormous image fails in a second, not after hours of training.
     cover = cover_thumbnail(config.metadata.cover_image) if config.metadata.cover_image else None
@@ -118,9 +135,13 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
             str(f.path) for f in config.dataset.folders] or [str(config.dataset.kohya_config)]
         raise DatasetError(f"no usable images in {', '.join(where)} ({len(report.errors)} "
                            "file(s) skipped); run `lora-train validate` to see why")
-    total_steps = total_steps_for(config, report)
+    total_steps = total_steps_for(config, report, ranks.world)
     # A kohya dataset TOML may set these, so the report (not config.dataset) is the truth.
     batch_size, resolution = report.settings.batch_size, report.settings.resolution[0]
+    global_batch = batch_size * ranks.world  # each rank trains batch_size rows of it
+    if ranks.several:
+        send(Log("info", f"{ranks.world} processes on {device.type}, {batch_size} image(s) "
+                         f"each: {global_batch} per step"))
     accumulation = config.schedule.gradient_accumulation_steps
     specs = prompt_specs(config.sampling, resolution)  # a bad prompt line fails now, not later
 
@@ -154,6 +175,9 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         from trainer.init_from import init_network_from
         init_network_from(network, config.network.init_from)
         send(Log("info", f"started from the LoRA {config.network.init_from}"))
+    distributed.copy_from_writer(ranks, network.parameters())
+    if ranks.several:  # each rank its own dropout draws (the data noise is shared: noise_rng)
+        torch.manual_seed(derive_seed("rank", config.schedule.seed, ranks.rank))
     base.vae.requires_grad_(False).eval()
     base.unet.train()
     trained_encoders = {c: bool(network.parameters(c)) for c in base.text_encoders}
@@ -186,7 +210,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
             report.items = [item for item in report.items if item.path != path]
         if not report.usable:
             raise DatasetError("no image could be read while caching; run `lora-train validate`")
-        total_steps = total_steps_for(config, report)
+        total_steps = total_steps_for(config, report, ranks.world)
 
     def text_context(captions: list[str]) -> Conditioning:
         return encode_prompts(base, captions, config.model.clip_skip)
@@ -208,20 +232,17 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                                            item.path.stat().st_size, item.caption)
                                           for item in report.items]),
         config=ckpt.flatten(config.model_dump(mode="json")),
-        base_model=base_id)
+        base_model=base_id, processes=ranks.world)
     if resume is not None:
-        position = _restore(resume, position, network, optimizer, scheduler, scaler, noise_rng,
-                            force, send)
+        position = restore(resume, position, ranks, device, network, optimizer, scheduler,
+                           scaler, noise_rng, force, send)
     renderer = PreviewRenderer(base, network, baseline=config.sampling.baseline) \
-        if specs else None
+        if specs and ranks.writer else None
 
-    def save() -> Path:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "noise_rng": noise_rng.get_state()}
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        if scaler is not None:
-            state["grad_scaler"] = scaler.state_dict()
+    def save() -> Path | None:
+        state = training_state(ranks, device, optimizer, scheduler, scaler, noise_rng)
+        if not ranks.writer:
+            return None
         meta = training_metadata(config, report, base, position, started_at, total_steps)
         path = ckpt.save_checkpoint(run_dir, position, network.state_dict(), state, cfg_toml,
                                     config.output.keep_last, meta)
@@ -253,7 +274,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
 
     # 5. The loop. A step = one optimizer update over `accumulation` batches.
     send(Started(str(run_dir), total_steps, resumed_from_step=position.step))
-    batches = epoch_batches(report.items, batch_size, config.schedule.seed, position.epoch)
+    batches = epoch_batches(report.items, global_batch, config.schedule.seed, position.epoch)
     every_sample, every_save = config.sampling.every_n_steps, config.output.save_every_n_steps
     every_epochs = config.output.save_every_n_epochs
     tick, speed = time.perf_counter(), None
@@ -269,11 +290,14 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
             if position.batch_in_epoch >= len(batches):
                 position.epoch += 1
                 position.batch_in_epoch = 0
-                batches = epoch_batches(report.items, batch_size, config.schedule.seed,
+                batches = epoch_batches(report.items, global_batch, config.schedule.seed,
                                         position.epoch)
+            batch = batches[position.batch_in_epoch]
+            rows = ranks.rows(len(batch), batch_size)
+            files += [report.items[index].path.name for index in batch]
             batch_latents, captions, sizes = [], [], []
-            for slot, index in enumerate(batches[position.batch_in_epoch]):
-                item = report.items[index]
+            for slot in range(rows.start, rows.stop):
+                item = report.items[batch[slot]]
                 caption, flip = sample_plan(item, config.schedule.seed, position.epoch,
                                             position.batch_in_epoch, slot)
                 captions.append(caption)
@@ -282,18 +306,30 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                                      else latents.encode(item.path, item.bucket, flip))
                 if family.micro_conditioning:
                     sizes.append(latents.size_ids(item.path, item.bucket, flip))
-                files.append(item.path.name)
             position.batch_in_epoch += 1
+            if not batch_latents:  # a short last batch left this rank no rows: draw its noise
+                first = report.items[batch[0]]  # (the shape is the bucket's) and add nothing
+                draw_noise(noise_rng, len(batch), tuple(latents.get(
+                    first.path, first.bucket, False).shape), config.loss,
+                    base.noise_scheduler.config.num_train_timesteps)
+                continue
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 cond = (text_cache.get(captions) if text_cache else text_context(captions)).to(device)
                 loss = diffusion_loss(base.unet, torch.stack(batch_latents).to(device),
                                       cond.context, base.noise_scheduler, noise_rng,
                                       config.loss, prediction_type,
-                                      cond.unet_kwargs(torch.stack(sizes) if sizes else None))
-            if not torch.isfinite(loss):
+                                      cond.unet_kwargs(torch.stack(sizes) if sizes else None),
+                                      **({"rows": rows, "global_count": len(batch)}
+                                         if ranks.several else {}))
+            if not torch.isfinite(loss) and not ranks.several:
                 raise NonFiniteLoss(position.step + 1, files, loss.item())
             step_loss += loss.item() / accumulation
             (scaler.scale(loss / accumulation) if scaler else loss / accumulation).backward()
+        # Several processes: gradients (and the step's loss) summed over the ranks, which makes
+        # them the global batch's; a non-finite loss anywhere stops every rank at this step.
+        step_loss = distributed.sum_gradients(ranks, network.parameters(), [step_loss])[0]
+        if not math.isfinite(step_loss):
+            raise NonFiniteLoss(position.step + 1, files, step_loss)
         if scaler:
             scaler.unscale_(optimizer)
         if config.optimizer.max_grad_norm:
@@ -315,6 +351,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         send(Progress(position.step, total_steps, position.epoch, speed,
                       (total_steps - position.step) / speed))
         control.on_step(position.step)
+        distributed.follow_control(ranks, control, device)
         while control.pause.is_set() and not control.stop.is_set():
             # Paused between steps: Sample now and Save now still work, so the user can
             # look at (or keep) the LoRA as it is before deciding to go on.
@@ -326,6 +363,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                 save()
             time.sleep(PAUSE_POLL_S)
             control.on_step(position.step)
+            distributed.follow_control(ranks, control, device)
             tick = time.perf_counter()  # the pause is not training time (it/s, ETA)
         if control.sample_now.is_set() or (every_sample and position.step % every_sample == 0):
             control.sample_now.clear()
@@ -351,7 +389,10 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         save()
         if config.sampling.at_end and not (every_sample and position.step % every_sample == 0):
             preview()
-    lora_file = export()
+    if ranks.writer:
+        lora_file = export()
+    else:  # rank 0 writes the file; this rank's work is done
+        lora_file = Path(config.output.dir or run_dir) / f"{config.output.name}.safetensors"
     send(Finished(str(lora_file), position.step))
     return lora_file
 
@@ -365,33 +406,3 @@ def _verify(path: Path, base_path: Path, run_dir: Path, send: Callable[[Event], 
     report = verify_lora_file(path, base_path, network)
     (run_dir / "verify.txt").write_text(report.format() + "\n", encoding="utf-8")
     send(Log("info" if report.ok else "error", report.summary()))
-
-
-def _restore(resume: Path, now: ckpt.TrainingPosition, network, optimizer, scheduler, scaler,
-             noise_rng: torch.Generator, force: bool,
-             send: Callable[[Event], None]) -> ckpt.TrainingPosition:
-    """Load a checkpoint into the freshly built objects and return its data position."""
-    loaded = ckpt.load_checkpoint(resume)
-    differences = ckpt.resume_differences(loaded.position, now)
-    if differences and not force:
-        raise ckpt.CheckpointError(
-            f"cannot resume from {loaded.path}: " + "; ".join(differences) +
-            " (use --force to resume anyway)")
-    for difference in differences:
-        send(Log("warning", f"resuming despite a change: {difference}"))
-    network.load_state_dict(loaded.lora)
-    state = loaded.training_state
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and "grad_scaler" in state:
-        scaler.load_state_dict(state["grad_scaler"])
-    # RNG last: everything above may have consumed random numbers the original run did not.
-    torch.set_rng_state(state["torch_rng"])
-    noise_rng.set_state(state["noise_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    position = loaded.position
-    position.total_steps = now.total_steps
-    position.dataset, position.config = now.dataset, now.config
-    send(Log("info", f"resumed from {loaded.path} at step {position.step}"))
-    return position

@@ -75,7 +75,8 @@ def training_metadata(config: TrainConfig, report: DatasetReport, base, position
     dirs, tags = dataset_dirs(report), tag_frequency(report)
     if private:
         dirs, tags = _anonymise(dirs), _anonymise(tags)
-    batches = report.steps_per_epoch()
+    # several processes (trainer.distributed): a batch is a global one, each process a part
+    batches = report.steps_per_epoch(data.batch_size * position.processes)
     meta: dict[str, str] = {
         "ss_network_module": get_kind(net.kind).network_module,
         "ss_network_dim": str(net.rank),
@@ -97,7 +98,8 @@ def training_metadata(config: TrainConfig, report: DatasetReport, base, position
         "ss_num_reg_images": str(report.num_reg_images),
         "ss_num_batches_per_epoch": str(batches),
         "ss_batch_size_per_device": str(data.batch_size),
-        "ss_total_batch_size": str(data.batch_size * sched.gradient_accumulation_steps),
+        "ss_total_batch_size": str(data.batch_size * position.processes
+                                   * sched.gradient_accumulation_steps),
         "ss_gradient_accumulation_steps": str(sched.gradient_accumulation_steps),
         "ss_gradient_checkpointing": str(config.precision.gradient_checkpointing),
         "ss_learning_rate": f"{opt.learning_rate:g}",

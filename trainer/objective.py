@@ -16,21 +16,40 @@ def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     return alpha_bar / (1.0 - alpha_bar)
 
 
+def draw_noise(generator: torch.Generator, count: int, latent_shape: tuple[int, ...],
+               loss: LossConfig, num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise and timesteps of a batch of `count` samples, in a fixed order of draws, so a
+    process that trains only some rows of the batch draws for all of them and keeps its own."""
+    noise = torch.randn((count, *latent_shape), generator=generator)
+    if loss.noise_offset:
+        # Offset noise: lets the model learn overall brightness (very dark / light images).
+        noise = noise + loss.noise_offset * torch.randn((count, latent_shape[0], 1, 1),
+                                                        generator=generator)
+    timesteps = torch.randint(0, num_train_timesteps, (count,), generator=generator)
+    return noise, timesteps
+
+
 def diffusion_loss(unet: torch.nn.Module, latents: torch.Tensor, context: torch.Tensor,
                    noise_scheduler, generator: torch.Generator, loss: LossConfig,
-                   prediction_type: str, added_cond: dict | None = None) -> torch.Tensor:
+                   prediction_type: str, added_cond: dict | None = None, *,
+                   rows: slice | None = None, global_count: int | None = None) -> torch.Tensor:
     """One batch's loss. All randomness comes from `generator` (a CPU generator, so a run is
     the same on any device and a resume can restore it exactly). The target is the noise for
     epsilon models and v = sqrt(a) * noise - sqrt(1 - a) * latents for v-prediction ones;
-    `added_cond` is SDXL's pooled embedding and size ids (Conditioning.unet_kwargs)."""
-    batch = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator)
-    if loss.noise_offset:
-        # Offset noise: lets the model learn overall brightness (very dark / light images).
-        noise = noise + loss.noise_offset * torch.randn((batch, latents.shape[1], 1, 1),
-                                                        generator=generator)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,),
-                              generator=generator)
+    `added_cond` is SDXL's pooled embedding and size ids (Conditioning.unet_kwargs).
+
+    With `rows`, `latents` are those rows of a global batch of `global_count` samples (one
+    process of several, trainer.distributed): the noise is drawn for the whole batch and the
+    loss is these rows' share of its mean (their sum / global_count), so the ranks' gradients
+    add up to the global batch's."""
+    count = global_count if rows is not None else latents.shape[0]
+    if rows is not None and rows.stop - rows.start != latents.shape[0]:
+        raise ValueError(f"rows {rows.start}:{rows.stop} of a batch of {global_count} do not "
+                         f"match {latents.shape[0]} latents")
+    noise, timesteps = draw_noise(generator, count, tuple(latents.shape[1:]), loss,
+                                  noise_scheduler.config.num_train_timesteps)
+    if rows is not None:
+        noise, timesteps = noise[rows], timesteps[rows]
     noise, timesteps = noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if prediction_type == "v_prediction":
@@ -49,4 +68,4 @@ def diffusion_loss(unet: torch.nn.Module, latents: torch.Tensor, context: torch.
         else:  # at a zero terminal SNR the epsilon weight 0/0 is taken as 1 (as diffusers does)
             weight = torch.where(ratio == 0, torch.ones_like(ratio), clipped / ratio)
         per_sample = per_sample * weight
-    return per_sample.mean()
+    return per_sample.mean() if rows is None else per_sample.sum() / count

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.events import LIBRARY, Event, EventLog, Failed, Heartbeat, Log
+from trainer.events import LIBRARY, Event, EventLog, Failed, Finished, Heartbeat, Log
 from trainer.config_io import ConfigError
 from trainer.offline import forbid_network
 from trainer.run_folder import claim_run_folder, release_run_folder
@@ -124,20 +124,33 @@ def _stop_when_orphaned(control: TrainControl) -> None:
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
-def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
-    """Spawn target: run one job; the exit code is 0 when it finished, 1 otherwise."""
+def run_job(spec: JobSpec, events: Queue, commands: Queue,
+            place: dict[str, str] | None = None) -> None:
+    """Spawn target: run one job; the exit code is 0 when it finished, 1 otherwise.
+
+    `place`: this process's rank variables (trainer.job_ranks) when it is one of several
+    processes on this machine; under torchrun they are in the environment already. Rank 0
+    claims and writes the run folder; the other ranks send only heartbeats and their failure."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to interpret
-    forbid_network()  # before any library is imported: nothing in this process goes online
+    if place:
+        os.environ.update(place)  # before torch is imported: torch.distributed reads them
+    writer = os.environ.get("RANK", "0") == "0"
+    # Before any library is imported: nothing in this process goes online. (The ranks of a
+    # job talk through torch.distributed's own C++ sockets, which this guard leaves alone.)
+    forbid_network()
     failed = threading.Event()
 
     def emit(event: Event) -> None:
         if isinstance(event, Failed):
             failed.set()
-        events.put(event)
+        if writer or isinstance(event, (Failed, Finished, Heartbeat)):
+            events.put(event)
 
     try:  # claimed before anything is written: a folder in use or of other files is refused
-        claim_run_folder(Path(spec.run_dir), new_run=not spec.resume)
-        disk: EventLog | None = EventLog(Path(spec.run_dir))  # library output is on record too
+        disk: EventLog | None = None
+        if writer:
+            claim_run_folder(Path(spec.run_dir), new_run=not spec.resume)
+            disk = EventLog(Path(spec.run_dir))  # library output is on record too
     except (OSError, ConfigError) as error:  # say why, don't die silently
         emit(Failed(kind="config", message=str(error), hint="pick another run folder")
              if isinstance(error, ConfigError) else
@@ -149,7 +162,8 @@ def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
         sys.exit(1)
 
     def emit_library_output(event: Event) -> None:
-        disk.write(event)
+        if disk is not None:
+            disk.write(event)
         emit(event)
 
     _silence_the_terminal(emit_library_output)
@@ -181,8 +195,9 @@ def run_job(spec: JobSpec, events: Queue, commands: Queue) -> None:
             emit(classify(error))
     finally:
         alive.set()
-        disk.close()
-        release_run_folder(Path(spec.run_dir))
+        if disk is not None:
+            disk.close()
+            release_run_folder(Path(spec.run_dir))
         events.close()
         events.join_thread()  # make sure the last events are flushed before exiting
     sys.exit(code)  # a normal exit: library finalizers (tqdm's lock) clean up after themselves
