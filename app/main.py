@@ -328,6 +328,7 @@ class MainWindow(QMainWindow):
         if self.run.running:  # Quit a second time while stopping: end the trainer now
             self.run.kill()
         self.dataset.health.stop()
+        self.training.stop()
         self.dataset.thumbnails.stop()
         self.save_session_now()
         event.accept()

@@ -7,6 +7,7 @@ from PySide6.QtWidgets import QCheckBox, QLineEdit, QPlainTextEdit
 from app.binding import Binder, combo, dspin, list_edit, number_edit, spin
 from app.exporter import Exporter
 from app.forms import Folding, Page, plain_label
+from app.gpu_check import GpuCheck
 
 PROMPT_HELP = ("One prompt per line. Options after the prompt: --n negative prompt, --w width, "
                "--h height, --s steps, --l guidance scale, --d seed, --m LoRA strength. "
@@ -49,6 +50,18 @@ class TrainingSection(Page):
         self.row("Device", binder.field(
             combo([("automatic", "auto"), ("processor (CPU)", "cpu"), ("NVIDIA GPU (CUDA)", "cuda")]),
             "precision", "device", "Where training runs; automatic picks the GPU if there is one."))
+        self.gpus = GpuCheck(binder)
+        self.row("GPUs", self.gpus)
+        self.processes = binder.field(
+            spin(1, 64), "precision", "processes",
+            "Train on this many GPUs at once, one process each (data-parallel). The batch size "
+            "is per GPU: 2 GPUs at batch 2 train what one GPU trains at batch 4.")
+        self.row("GPUs to use", self.processes)
+        self._binder, self._gpu_count = binder, 0
+        self.gpus.devices.connect(self._offer_processes)
+        binder.changed.connect(lambda key: self._offer_processes(self._gpu_count)
+                               if key in ("*", "precision.processes") else None)
+        self._offer_processes(0)
         self.row("Mixed precision", binder.field(
             combo([("off (fp32)", "no"), ("fp16", "fp16"), ("bf16", "bf16")]),
             "precision", "mixed_precision",
@@ -93,6 +106,16 @@ class TrainingSection(Page):
         more.row("Checkpoints kept", binder.field(
             spin(1, 10_000), "output", "keep_last", "How many recent checkpoints stay on disk."))
         self.body.addWidget(more)
+
+    def _offer_processes(self, gpus: int) -> None:
+        """Several processes only where there are several GPUs (a setting above 1 stays
+        editable, so a project from a bigger machine can be set back)."""
+        self._gpu_count = gpus
+        self.form.setRowVisible(self.processes,
+                                gpus > 1 or self._binder.config.precision.processes > 1)
+
+    def stop(self) -> None:
+        self.gpus.stop()
 
 
 class SamplesSection(Page):

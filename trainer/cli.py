@@ -310,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from trainer.cli_lora import add_lora_commands  # export, verify, inspect
     add_lora_commands(commands)
+    from trainer.cli_preflight import add_preflight_command
+    add_preflight_command(commands)
     return parser
 
 

@@ -145,6 +145,10 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     accumulation = config.schedule.gradient_accumulation_steps
     specs = prompt_specs(config.sampling, resolution)  # a bad prompt line fails now, not later
 
+    if device.type == "cuda":  # before the model takes its share: will the run fit?
+        from trainer.vram import preflight_note
+        send(Log(*preflight_note(config, torch.cuda.mem_get_info(device)[0])))
+
     # 2. Base model, frozen; LoRA adapters on the chosen modules. Seeding first makes the
     # adapters' initial weights (and later peft dropout) reproducible.
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(

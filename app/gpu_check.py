@@ -1,0 +1,139 @@
+"""The GPUs and the run's GPU memory, as the trainer sees them (`lora-train preflight --json`).
+
+Run as a child process through QProcess with the window's current settings, like the dataset
+check, because the window never imports torch. It reports the CUDA GPUs (so the Training
+section offers several processes when there are two or more) and the run's estimated peak GPU
+memory, in the palette's error colour when it exceeds the free memory of the GPUs it would use.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from PySide6.QtCore import QProcess, QTimer, Signal
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from app.binding import Binder
+from app.colours import ERROR, set_tone
+from app.forms import plain_label
+from trainer.config_io import save_config
+
+ROOT = Path(__file__).resolve().parent.parent
+# The settings the estimate or the device choice depends on: a change checks again.
+WATCHED = ("*", "model.path", "dataset.resolution", "dataset.batch_size", "network.",
+           "precision.mixed_precision", "precision.gradient_checkpointing",
+           "precision.processes", "precision.device", "optimizer.type")
+
+
+def _report(output: str) -> dict | None:
+    """The JSON object `preflight --json` prints last (library notices may come before it)."""
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def describe(report: dict | None, wanted_device: str) -> tuple[str, bool]:
+    """(the text to show, whether it is a problem) for one preflight report."""
+    if report is None:
+        return "The GPU check could not run; training still can.", False
+    devices = report.get("devices") or []
+    found = (f"{len(devices)} NVIDIA GPU{'s' if len(devices) > 1 else ''}: " +
+             ", ".join(f"{d['name']} ({d['free_bytes'] / 2**30:.1f} GB free)" for d in devices)
+             if devices else "No NVIDIA GPU found: training runs on the processor (CPU).")
+    if wanted_device == "cuda" and not devices:
+        return found + " Device is set to NVIDIA GPU: choose automatic or processor.", True
+    estimate = report.get("estimate")
+    if report.get("problem"):
+        return f"{found}\n{report['problem'][0].upper()}{report['problem'][1:]}.", True
+    if estimate and devices:
+        return f"{found}\nThis run needs {estimate['text']}.", False
+    return found, False
+
+
+class GpuCheck(QWidget):
+    """One line about the GPUs and one about the run's memory; `devices` after every check.
+
+    The GPUs are looked up once per session (they don't come and go); the memory estimate is
+    made only where there is a GPU and a model: a CPU-only machine pays one short child process
+    (torch's import), nothing per edit."""
+
+    devices = Signal(int)  # how many CUDA GPUs the trainer sees
+    known_devices: list | None = None  # this session's GPUs, once looked up (class-wide)
+
+    def __init__(self, binder: Binder) -> None:
+        super().__init__()
+        self.binder = binder
+        self.process: QProcess | None = None
+        self.report: dict | None = None
+        self.label: QLabel = plain_label("Looking for GPUs...")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.label)
+        self._later = QTimer(self)
+        self._later.setSingleShot(True)
+        self._later.setInterval(800)
+        self._later.timeout.connect(self.check)
+        binder.changed.connect(self._maybe_recheck)
+        self._later.start()
+
+    def _maybe_recheck(self, key: str) -> None:
+        if any(key == watched or (watched.endswith(".") and key.startswith(watched))
+               for watched in WATCHED):
+            self._later.start()
+
+    @property
+    def pending(self) -> bool:
+        return self._later.isActive() or self.process is not None
+
+    def check(self) -> bool:
+        if self.process is not None:
+            self._later.start()  # one check at a time; again when this one ends
+            return False
+        known = GpuCheck.known_devices
+        if known is not None and not (known and self.binder.config.model.path):
+            self._present({"devices": known, "estimate": None, "problem": None})
+            return False
+        self._config_file = Path(tempfile.mkdtemp(prefix="lora-studio-")) / "preflight.toml"
+        save_config(self.binder.config, self._config_file)
+        self.process = QProcess(self)
+        self.process.setWorkingDirectory(str(ROOT))
+        self.process.setProcessChannelMode(QProcess.MergedChannels)
+        self.process.finished.connect(self._show)
+        self.process.start(sys.executable, ["-m", "trainer.cli", "preflight", "--json",
+                                            "--config", str(self._config_file)] +
+                           (["--devices-only"] if known is None else []))
+        return True
+
+    def _show(self, code: int, status) -> None:
+        output = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        self.process = None
+        shutil.rmtree(self._config_file.parent, ignore_errors=True)
+        report = _report(output)
+        if report is not None and GpuCheck.known_devices is None:
+            GpuCheck.known_devices = report.get("devices") or []
+            if GpuCheck.known_devices and self.binder.config.model.path:
+                self._later.start()  # now the estimate, for the GPUs just found
+        self._present(report)
+
+    def _present(self, report: dict | None) -> None:
+        self.report = report
+        text, problem = describe(self.report, self.binder.config.precision.device)
+        self.label.setText(text)
+        set_tone(self.label, ERROR if problem else None)
+        self.devices.emit(len((self.report or {}).get("devices") or []))
+
+    def stop(self) -> None:
+        self._later.stop()
+        if self.process is not None:
+            self.process.finished.disconnect()
+            self.process.kill()
+            self.process.waitForFinished(1000)
+            self.process = None
