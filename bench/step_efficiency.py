@@ -15,6 +15,13 @@ step's.
     python bench/step_efficiency.py --size tiny                    # seconds
     python bench/step_efficiency.py --px 256 512 --batch 1 4       # SD 1.5 layout; 512 px
                                                                    # batch 4 is ~1 min a step
+    python bench/step_efficiency.py --size tiny --compile          # precision.compile on/off
+
+`--compile`: instead, the trainer with and without `precision.compile` (torch.compile of the
+U-Net), one run each per size, alternating: the median step after COMPILE_WARMUP steps (the
+compile happens in those), the compile's cost (the compiled run's time beyond its steps at
+full speed), and the
+largest difference between the two runs' per-step losses. Last line: `compile_speedup X`.
 
 Last line: `step_efficiency_trainer_pct X`, the trainer's efficiency at the last size measured.
 """
@@ -25,9 +32,41 @@ import argparse
 import gc
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import common
+
+
+COMPILE_WARMUP = 3  # steps in which torch.compile traces and compiles (forward, backward)
+
+
+def compare_compile(args, model: Path, root: Path, sizes: list[int]) -> None:
+    from trainer.events import read_events
+
+    print("px   batch  plain s/step  compiled s/step  speed-up  compile cost s  max |loss diff|")
+    for px in sizes:
+        for batch in args.batch:
+            data = common.dataset(root / f"{px}-{batch}", px, count=max(2, batch))
+            times, losses, walls = {}, {}, {}
+            for compiled in (False, True):
+                config = common.bench_config(model, data, px, steps=COMPILE_WARMUP + args.steps,
+                                             batch=batch, precision={"compile": compiled})
+                run = root / f"run-{px}-{batch}-{compiled}"
+                start = time.perf_counter()
+                times[compiled] = common.project_steps(config, run)  # intervals from step 2
+                walls[compiled] = time.perf_counter() - start
+                losses[compiled] = [e.loss for e in read_events(run) if e.type == "loss"]
+                gc.collect()
+            plain = statistics.median(times[False][COMPILE_WARMUP - 1:])
+            fast = statistics.median(times[True][COMPILE_WARMUP - 1:])
+            # the compiled run's time beyond what its steps at full speed would have taken
+            steps = COMPILE_WARMUP + args.steps
+            cost = walls[True] - (walls[False] - steps * (plain - fast))
+            diff = max(abs(a - b) for a, b in zip(losses[False], losses[True]))
+            print(f"{px:<5d}{batch:<7d}{plain:>12.3f}{fast:>17.3f}{plain / fast:>10.2f}"
+                  f"{cost:>16.1f}{diff:>17.2e}; {common.load_average()}", flush=True)
+    print(f"compile_speedup {plain / fast:.2f}")
 
 
 def main() -> None:
@@ -41,12 +80,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="runs (a model load each)")
     parser.add_argument("--count-on", choices=("meta", "cpu"), default="meta",
                         help="count FLOPs on the meta device (shapes only) or in one real step")
+    parser.add_argument("--compile", action="store_true",
+                        help="compare the trainer with and without precision.compile instead")
     common.add_threads_option(parser)
     args = parser.parse_args()
     common.set_threads(args.threads)
     sizes = args.px or ([64] if args.size == "tiny" else [256, 512])
     root = Path(tempfile.mkdtemp(prefix="bench-efficiency-"))
     model = common.base_model(args.size, root)
+    if args.compile:
+        return compare_compile(args, model, root, sizes)
     print(f"{args.size}, rank 16 on every attention projection, {args.steps} timed bare steps "
           f"between {args.steps + 1} trainer steps after 1 warm-up step of each, {args.rounds} "
           f"round(s); {common.machine_line()}")

@@ -144,6 +144,24 @@ def test_out_of_memory_becomes_advice() -> None:
     failed = classify(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert failed.kind == "out_of_memory"
     assert "batch size" in failed.hint and "gradient checkpointing" in failed.hint
+    cpu = classify(RuntimeError("[enforce fail at alloc_cpu.cpp:116] . DefaultCPUAllocator: "
+                                "can't allocate memory: you tried to allocate 9663676416 bytes"))
+    assert cpu.kind == "out_of_memory"  # the CPU's allocator never says "out of memory"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_lora_trains_in_fp32_on_a_half_precision_base(tiny_model, dtype) -> None:
+    """GradScaler refuses fp16 gradients and bf16 rounds small updates away: the adapters
+    must not take the base's dtype (peft's injection gives them that)."""
+    from trainer.config import NetworkConfig
+    from trainer.models import load_base_model
+    from trainer.network import apply_lora_to
+
+    base = load_base_model(tiny_model[0], dtype=dtype)
+    network = apply_lora_to(base, NetworkConfig(rank=4, alpha=4.0, train_text_encoder=True))
+    assert {p.dtype for p in network.parameters()} == {torch.float32}
+    assert next(base.unet.parameters()).dtype == dtype  # the frozen base stays half
+    assert network.parameters("text_encoder")  # the text encoder's adapters too
 
 
 def test_latent_disk_cache_hits_and_an_edited_image_misses(tiny_model, tmp_path: Path) -> None:

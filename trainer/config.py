@@ -286,6 +286,8 @@ class PrecisionConfig(Section):
     cache_latents_to_disk: bool = False
     cache_text_encoder_outputs: bool = True
     threads: Annotated[int, Field(ge=1, le=512)] | None = None
+    compile: bool = Field(False, description="torch.compile the U-Net's forward (the first "
+                                             "steps pay for compiling; see docs/benchmarks.md)")
     processes: Annotated[int, Field(
         ge=1, le=64, description="data-parallel processes on this machine, one per GPU "
                                  "(trainer.distributed); the batch size is per process")] = 1

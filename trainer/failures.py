@@ -65,5 +65,7 @@ def classify(error: BaseException) -> Failed:
 def _is_out_of_memory(error: BaseException) -> bool:
     import torch
 
+    text = str(error).lower()
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+        isinstance(error, RuntimeError) and ("out of memory" in text or  # CPU: the allocator's
+                                             "can't allocate memory" in text))

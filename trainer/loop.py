@@ -28,6 +28,7 @@ from trainer.data.batches import derive_seed
 from trainer.events import (Event, EventLog, Failed, Finished, Log, Loss, Progress, Saved,
                             Started)
 from trainer.metadata import training_metadata
+from trainer.model_setup import prepare_for_training
 from trainer.models import load_base_model
 from trainer.network import apply_lora_to
 from trainer.objective import diffusion_loss, draw_noise
@@ -182,22 +183,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     distributed.copy_from_writer(ranks, network.parameters())
     if ranks.several:  # each rank its own dropout draws (the data noise is shared: noise_rng)
         torch.manual_seed(derive_seed("rank", config.schedule.seed, ranks.rank))
-    base.vae.requires_grad_(False).eval()
-    base.unet.train()
-    trained_encoders = {c: bool(network.parameters(c)) for c in base.text_encoders}
-    for component, encoder in base.text_encoders.items():
-        encoder.train(trained_encoders[component])
-    if config.precision.gradient_checkpointing:
-        base.unet.enable_gradient_checkpointing()
-        for component, encoder in base.text_encoders.items():
-            if trained_encoders[component]:
-                encoder.gradient_checkpointing_enable()
-    if config.precision.attention == "xformers":
-        import importlib.util
-        if device.type == "cuda" and importlib.util.find_spec("xformers"):
-            base.unet.enable_xformers_memory_efficient_attention()
-        else:  # SDPA is the default and nearly as fast; never fail a run over this
-            send(Log("info", "xformers needs CUDA and the xformers package; using SDPA"))
+    prepare_for_training(base, network, config.precision, device, send)
     send(Log("info", f"LoRA on {len(network.layers)} modules, "
                      f"{network.trainable_parameter_count():,} trainable parameters"))
 
@@ -339,8 +325,13 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         if config.optimizer.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(network.parameters(), config.optimizer.max_grad_norm)
         if scaler:
-            scaler.step(optimizer)
+            scale = scaler.get_scale()
+            scaler.step(optimizer)  # skipped when the fp16 gradients overflowed
             scaler.update()
+            if scaler.get_scale() < scale:
+                send(Log("info", f"step {position.step + 1}: the fp16 gradients overflowed, so "
+                                 "this update was skipped and the loss scale lowered to "
+                                 f"{scaler.get_scale():g} (normal in the first steps)"))
         else:
             optimizer.step()
         lr = scheduler.get_last_lr()[0]  # the rate this step used

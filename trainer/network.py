@@ -220,8 +220,15 @@ def apply_lora(unet: nn.Module, text_encoders: nn.Module | dict[str, nn.Module] 
             layers = _inject(encoder, te_targets, network, names)
             text_layers.update(layers)
             owner.update({name: spec.component for name in layers})
-    return LoraNetwork(network.rank, network.alpha, unet_layers, text_layers, owner, family.name,
+    lora = LoraNetwork(network.rank, network.alpha, unet_layers, text_layers, owner, family.name,
                        get_kind(network.kind))
+    # peft's injection gives the adapters the base's dtype: on an fp16 or bf16 base the LoRA
+    # would train in half precision (GradScaler refuses fp16 gradients; bf16 rounds small
+    # updates away). The LoRA trains in fp32 whatever the base, as kohya's does; the file is
+    # cast to output.save_precision at export.
+    for parameter in lora.parameters():
+        parameter.data = parameter.data.float()
+    return lora
 
 
 def apply_lora_to(base, network: NetworkConfig) -> LoraNetwork:
