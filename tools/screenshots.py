@@ -122,7 +122,8 @@ def main() -> int:
     deadline = time.monotonic() + 30  # let the thumbnails and the health report arrive
     window.dataset.health.check()
     while time.monotonic() < deadline and (window.dataset.health.process is not None
-                                           or window.dataset.thumbnails.loaded < 12):
+                                           or window.dataset.thumbnails.loaded < 12
+                                           or window.training.gpus.pending):
         app.processEvents()
         time.sleep(0.02)
     window.dataset.thumbnails.select("img00.png")
@@ -131,6 +132,7 @@ def main() -> int:
         shoot(app, window, name, args.out / f"{index}-{file_name(name)}.png")
     run_page_states(app, window, work, args.out, "")
     network_states(app, window, args.out)
+    two_gpus(app, window, args.out)
     from dark_palette import dark_palette
 
     app.setPalette(dark_palette())  # as when the system switches to its dark theme
@@ -159,6 +161,27 @@ def network_states(app, window, out: Path) -> None:
     for name, value in (("kind", "lora"), ("lokr_factor", -1), ("modules", ["attention"]),
                         ("conv_rank", None)):
         window.binder.set_value("network", name, value)
+    window.binder.load(window.config)
+
+
+def two_gpus(app, window, out: Path) -> None:
+    """The Training section as a machine with two GPUs shows it: the report the trainer's
+    `preflight --json` printed there, replayed (this machine has none), one GPU nearly full."""
+    gib = 2 ** 30
+    gpu = {"index": 0, "name": "NVIDIA GeForce RTX 4090", "free_bytes": int(22.5 * gib),
+           "total_bytes": 24 * gib}
+    window.training.gpus._present({
+        "devices": [gpu, {**gpu, "index": 1, "free_bytes": int(3.2 * gib)}],
+        "estimate": {"text": "about 5.1 GB of GPU memory (model 2.1, LoRA and optimizer 0.0, "
+                             "activations 3.0)"},
+        "problem": "this run needs about 5.1 GB of GPU memory (model 2.1, LoRA and optimizer "
+                   "0.0, activations 3.0), but the GPU has 3.2 GB free: turn on gradient "
+                   "checkpointing, use fp16 or bf16, or lower the batch size or resolution"})
+    window.binder.set_value("precision", "processes", 2)
+    window.binder.load(window.config)
+    window.training.gpus._present(window.training.gpus.report)  # the reload rechecks: replay
+    shoot(app, window, "Training", out / "training-two-gpus.png")
+    window.binder.set_value("precision", "processes", 1)
     window.binder.load(window.config)
 
 
