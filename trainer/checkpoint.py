@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: listing checkpoints sta
 # precision.processes is checked on its own (trainer.resume): never free, not even with --force.
 RESUME_FREE_FIELDS = {"sampling", "output", "metadata", "precision.threads", "model.path",
                       "precision.processes",
-                      "dataset.kohya_config", "dataset.folders", "network.init_from"}
+                      "dataset.kohya_config", "dataset.folders", "network.init_from",
+                      "dataset.validation_every_n_steps"}
 
 
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}

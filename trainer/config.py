@@ -85,6 +85,15 @@ class DatasetConfig(Section):
     background_color: str = Field("#ffffff", description="transparent pixels are flattened on it")
     min_image_side: Annotated[int, Field(ge=1)] = 64
     batch_size: Annotated[int, Field(ge=1, le=256)] = 1
+    validation_split: Annotated[float, Field(
+        ge=0, le=0.5, allow_inf_nan=False,
+        description="the share of each folder's images held out for the validation loss "
+                    "(never trained on); kohya's validation_split")] = 0.0
+    validation_seed: Annotated[int, Field(ge=0, lt=2**32)] | None = Field(
+        None, description="which images are held out; None: schedule.seed (as kohya)")
+    validation_every_n_steps: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="also score the validation loss every N steps (always: at the start, "
+                          "at every saved checkpoint and at the end)")
 
     @field_validator("caption_extension")
     @classmethod

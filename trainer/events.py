@@ -63,6 +63,17 @@ class Loss(Event):
 
 
 @dataclass
+class Validation(Event):
+    """The validation loss at `step`: the held-out images with fixed noise and timesteps
+    (trainer.validation), so it moves only when the LoRA does. Step 0: the base model's."""
+
+    type: ClassVar[str] = "validation"
+    step: int
+    loss: float
+    images: int
+
+
+@dataclass
 class Sample(Event):
     type: ClassVar[str] = "sample"
     step: int
@@ -113,8 +124,8 @@ class Heartbeat(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (Started, Progress, Loss, Sample, Log, Saved, Finished, Failed,
-                              Heartbeat)
+    cls.type: cls for cls in (Started, Progress, Loss, Validation, Sample, Log, Saved, Finished,
+                              Failed, Heartbeat)
 }
 
 

@@ -26,7 +26,7 @@ from trainer.data import (DatasetError, DatasetReport, base_caption, captions_ar
                           sample_plan, scan_dataset)
 from trainer.data.batches import derive_seed
 from trainer.events import (Event, EventLog, Failed, Finished, Log, Loss, Progress, Saved,
-                            Started)
+                            Started, Validation)
 from trainer.metadata import training_metadata
 from trainer.model_setup import prepare_for_training
 from trainer.models import load_base_model
@@ -195,9 +195,11 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         send(Log("info", f"caching latents of {len(report.items)} images"))
         variants = [(item.path, item.bucket, flip) for item in report.items
                     for flip in ((False, True) if item.flip_aug else (False,))]
+        variants += [(item.path, item.bucket, False) for item in report.validation]
         for path, reason in latents.fill(variants).items():
             send(Log("warning", f"skipped {path}: {reason}"))
             report.items = [item for item in report.items if item.path != path]
+            report.validation = [item for item in report.validation if item.path != path]
         if not report.usable:
             raise DatasetError("no image could be read while caching; run `lora-train validate`")
         total_steps = total_steps_for(config, report, ranks.world)
@@ -209,7 +211,18 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     if (not network.text_encoder_layers and config.precision.cache_text_encoder_outputs
             and captions_are_static(report.subsets)):
         text_cache = TextEmbeddingCache(text_context)
-        text_cache.fill(base_caption(item) for item in report.items)
+        text_cache.fill(base_caption(item) for item in report.items + report.validation)
+    validator = None
+    if report.validation and ranks.writer:  # the held-out images; rank 0 scores them alone
+        from trainer.validation import ValidationLoss
+        validator = ValidationLoss(
+            base, report.validation, latents,
+            text_cache.get if text_cache is not None else text_context,
+            report.settings.validation_seed or 0, prediction_type, device, amp_dtype,
+            [base.unet, *base.text_encoders.values()])
+        send(Log("info", f"validation loss on {len(report.validation)} held-out image(s): "
+                         f"{len(report.validation)} U-Net forward passes each time"))
+    validated: dict[int, float] = {}  # step -> validation loss
 
     # 4. Optimizer and schedule; a resume then overwrites their state with the checkpoint's.
     optimizer = build_optimizer(config, network, device)
@@ -229,11 +242,23 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     renderer = PreviewRenderer(base, network, baseline=config.sampling.baseline) \
         if specs and ranks.writer else None
 
+    def validate() -> None:
+        if validator is not None and position.step not in validated:
+            validated[position.step] = validator()
+            send(Validation(position.step, validated[position.step], len(report.validation)))
+
+    def with_validation(meta: dict[str, str]) -> dict[str, str]:
+        if position.step in validated:  # the checkpoint picker and Export read it
+            meta["lora_studio_validation_loss"] = f"{validated[position.step]:.6g}"
+        return meta
+
     def save() -> Path | None:
         state = training_state(ranks, device, optimizer, scheduler, scaler, noise_rng)
         if not ranks.writer:
             return None
-        meta = training_metadata(config, report, base, position, started_at, total_steps)
+        validate()  # every checkpoint has its validation loss
+        meta = with_validation(training_metadata(config, report, base, position, started_at,
+                                                 total_steps))
         path = ckpt.save_checkpoint(run_dir, position, network.state_dict(), state, cfg_toml,
                                     config.output.keep_last, meta)
         send(Saved(str(path), "checkpoint", position.step))
@@ -244,7 +269,8 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
         from trainer.metadata import apply_user_metadata
         user = config.metadata
         meta = apply_user_metadata(
-            training_metadata(config, report, base, position, started_at, total_steps),
+            with_validation(training_metadata(config, report, base, position, started_at,
+                                              total_steps)),
             user.model_dump(include={"title", "author", "description", "trigger_phrase",
                                      "tags", "license"}),
             thumbnail=cover,
@@ -264,6 +290,8 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
 
     # 5. The loop. A step = one optimizer update over `accumulation` batches.
     send(Started(str(run_dir), total_steps, resumed_from_step=position.step))
+    validate()  # where the curve starts: the base model's (or the resumed checkpoint's)
+    every_validation = config.dataset.validation_every_n_steps
     batches = epoch_batches(report.items, global_batch, config.schedule.seed, position.epoch)
     every_sample, every_save = config.sampling.every_n_steps, config.output.save_every_n_steps
     every_epochs = config.output.save_every_n_epochs
@@ -360,6 +388,8 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
             control.on_step(position.step)
             distributed.follow_control(ranks, control, device)
             tick = time.perf_counter()  # the pause is not training time (it/s, ETA)
+        if every_validation and position.step % every_validation == 0:
+            validate()
         if control.sample_now.is_set() or (every_sample and position.step % every_sample == 0):
             control.sample_now.clear()
             preview()

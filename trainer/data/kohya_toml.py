@@ -24,7 +24,7 @@ from trainer.data.subsets import (DatasetError, DatasetSettings, ResolvedDataset
 from trainer.paths import resolved
 
 DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
-                "bucket_reso_steps", "bucket_no_upscale")
+                "bucket_reso_steps", "bucket_no_upscale", "validation_split", "validation_seed")
 SUBSET_SHARED_KEYS = ("num_repeats", "caption_extension", "class_tokens", "shuffle_caption",
                       "keep_tokens", "keep_tokens_separator", "caption_separator",
                       "caption_dropout_rate", "caption_tag_dropout_rate", "flip_aug")
@@ -32,7 +32,7 @@ SUBSET_ONLY_KEYS = ("image_dir", "is_reg")
 IGNORED_KEYS = ("debug_dataset", "cache_info", "color_aug", "random_crop", "face_crop_aug_range",
                 "token_warmup_min", "token_warmup_step", "caption_dropout_every_n_epochs",
                 "enable_wildcard", "secondary_separator", "network_multiplier", "alpha_mask",
-                "validation_seed", "validation_split", "resize_interpolation", "custom_attributes")
+                "resize_interpolation", "custom_attributes")
 REFUSED_KEYS = {
     "metadata_file": "kohya fine-tuning datasets (metadata_file) are not supported; use image_dir "
                      "with one caption file per image",
@@ -84,6 +84,12 @@ def _check_value(source: Path, where: str, key: str, value: Any) -> Any:
             raise _fail(source, where, key, value,
                         "a size like 512 or [768, 512] (64 to 4096, multiples of 8)")
         return (parts[0], parts[-1])
+    if key == "validation_split":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 0.5:
+            raise _fail(source, where, key, value, "a share from 0 to 0.5 (0.1 = one image in ten)")
+        return float(value)
+    if key == "validation_seed":
+        return _int(source, where, key, value, 0, 2**32 - 1)
     if key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise _fail(source, where, key, value, "a number from 0 to 1")

@@ -53,6 +53,7 @@ class DatasetReport:
     items: list[ImageItem] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     scan_seconds: float = 0.0
+    validation: list[ImageItem] = field(default_factory=list)  # held out: never trained on
 
     @property
     def errors(self) -> list[SkippedFile]:
@@ -147,6 +148,7 @@ def report_counts(report: DatasetReport, folders: list[Path]) -> dict:
     return {"images": report.num_images, "reg_images": report.num_reg_images,
             "per_epoch": report.total_with_repeats, "batch_size": report.settings.batch_size,
             "steps_per_epoch": report.steps_per_epoch(), "skipped": len(report.errors),
+            "validation_images": len(report.validation),
             "skipped_files": {str(entry.path): entry.reason for entry in report.errors},
             "folders": per_folder}
 
@@ -165,6 +167,10 @@ def format_report(report: DatasetReport) -> str:
         + f", {report.total_with_repeats} per epoch with repeats"
         + f" (scanned in {report.scan_seconds:.1f} s)",
     ]
+    if report.validation:
+        lines.append(f"Held out for the validation loss: {_plural(len(report.validation), 'image')}"
+                     f" ({s.validation_split:g} of each folder, seed {s.validation_seed}), never "
+                     "trained on")
     res = f"{s.resolution[0]}x{s.resolution[1]}"
     if s.enable_bucket:
         lines.append(f"Resolution {res}, aspect-ratio buckets {s.min_bucket_reso}-"

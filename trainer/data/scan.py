@@ -20,6 +20,7 @@ from PIL import Image
 from trainer.config import TrainConfig
 from trainer.data.buckets import assign_bucket, make_buckets
 from trainer.data.captions import CaptionFile, read_caption
+from trainer.data.holdout import split_items
 from trainer.data.images import Probe, probe_image
 from trainer.data.report import DatasetReport, ImageItem, SkippedFile
 from trainer.data.kohya_toml import load_kohya_dataset
@@ -212,6 +213,9 @@ def scan_subsets(subsets: Iterable[Subset], settings: DatasetSettings,
         items.append(ImageItem(path=path, subset=subset, width=width, height=height,
                                caption=text, caption_path=caption_path, bucket=bucket,
                                repeats=subset.num_repeats))
+    split = split_items(items, settings.validation_split, settings.validation_seed or 0)
+    validation = [items[i] for i in split.held_out]
+    items = [items[i] for i in split.train]
     items, unused_reg = balance_reg_repeats(items)
     if unused_reg:
         skipped.append(SkippedFile(
@@ -220,7 +224,8 @@ def scan_subsets(subsets: Iterable[Subset], settings: DatasetSettings,
             "training images (kohya's rule)", warning=True))
     skipped.sort(key=lambda entry: str(entry.path))
     return DatasetReport(subsets=subsets, settings=settings, buckets=buckets, items=items,
-                         skipped=skipped, scan_seconds=time.perf_counter() - start)
+                         skipped=skipped, scan_seconds=time.perf_counter() - start,
+                         validation=validation)
 
 
 def resolve_dataset(config: TrainConfig) -> ResolvedDataset:
@@ -242,4 +247,7 @@ def scan_dataset(config: TrainConfig) -> DatasetReport:
     `SkippedFile` in the report instead.
     """
     resolved = resolve_dataset(config)
-    return scan_subsets(resolved.subsets, resolved.settings, resolved.notes)
+    settings = resolved.settings
+    if settings.validation_seed is None:  # kohya: the training seed picks the held-out images
+        settings = replace(settings, validation_seed=config.schedule.seed)
+    return scan_subsets(resolved.subsets, settings, resolved.notes)

@@ -65,6 +65,8 @@ class DatasetSettings:
     bucket_no_upscale: bool = False
     background_color: str = "#ffffff"
     min_image_side: int = 64
+    validation_split: float = 0.0  # the share of each subset held out (trainer.data.holdout)
+    validation_seed: int | None = None
 
     @classmethod
     def from_config(cls, dataset: DatasetConfig) -> DatasetSettings:
@@ -73,7 +75,8 @@ class DatasetSettings:
             enable_bucket=dataset.enable_bucket, min_bucket_reso=dataset.min_bucket_reso,
             max_bucket_reso=dataset.max_bucket_reso, bucket_reso_steps=dataset.bucket_reso_steps,
             bucket_no_upscale=dataset.bucket_no_upscale,
-            background_color=dataset.background_color, min_image_side=dataset.min_image_side)
+            background_color=dataset.background_color, min_image_side=dataset.min_image_side,
+            validation_split=dataset.validation_split, validation_seed=dataset.validation_seed)
 
 
 @dataclass
