@@ -9,6 +9,7 @@ where the file is and offers to show its folder.
 
 from __future__ import annotations
 
+import json
 import sys
 import tomllib
 from collections.abc import Callable
@@ -33,6 +34,16 @@ def checkpoints_of(run_dir: Path) -> list[Path]:
         return []
     return sorted((p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")),
                   reverse=True)
+
+
+def validation_loss_of(checkpoint: Path) -> float | None:
+    """The validation loss a checkpoint was saved with (its metadata.json), if any."""
+    try:
+        value = json.loads((checkpoint / "metadata.json").read_text("utf-8")).get(
+            "lora_studio_validation_loss")
+        return float(value) if value is not None else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def run_kind(run_dir: Path) -> NetworkKind | None:
@@ -126,12 +137,25 @@ class Exporter(QWidget):
     def set_run_dir(self, run_dir: Path | str | None) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
         self.checkpoint.clear()
+        scores = {}
         for path in checkpoints_of(self.run_dir) if self.run_dir else []:
-            self.checkpoint.addItem(f"step {int(path.name.split('-')[1])}", str(path))
+            score = validation_loss_of(path)
+            label = f"step {int(path.name.split('-')[1])}"
+            self.checkpoint.addItem(label + (f" · validation {score:.4f}" if score is not None
+                                             else ""), str(path))
+            if score is not None:
+                scores[self.checkpoint.count() - 1] = score
         has = self.checkpoint.count() > 0
         self.button.setEnabled(has and self.process is None)
+        why = ""
+        if len(scores) > 1:  # the checkpoint that did best on the held-out images
+            best = min(scores, key=scores.get)
+            self.checkpoint.setCurrentIndex(best)
+            why = (f" — {self.checkpoint.itemText(best).split(' · ')[0]} is picked: its "
+                   f"validation loss ({scores[best]:.4f}) is the lowest of {len(scores)} "
+                   "checkpoints (the held-out images, never trained on)")
         if self.run_dir is not None:
-            self.where.setText(f"Run: {self.run_dir}" if has else
+            self.where.setText(f"Run: {self.run_dir}{why}" if has else
                                f"Run: {self.run_dir} (no checkpoints saved yet)")
         kind = run_kind(self.run_dir) if self.run_dir else None
         self.loads_in.setText(f"{kind.label} file. {kind.loads_in}" if kind else "")

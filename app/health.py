@@ -74,7 +74,8 @@ class HealthReport(QWidget):
 
     def _maybe_recheck(self, key: str) -> None:
         if key in ("*", "dataset.folders", "dataset.caption_extension", "dataset.min_image_side",
-                   "dataset.resolution", "dataset.enable_bucket", "dataset.batch_size"):
+                   "dataset.resolution", "dataset.enable_bucket", "dataset.batch_size",
+                   "dataset.validation_split", "dataset.validation_seed"):
             self._later.start()
 
     @property

@@ -52,6 +52,8 @@ class LossPlot(QWidget):
         self.losses: list[float] = []
         self.smoothed: list[float] = []
         self.lrs: list[float] = []
+        # the held-out images' loss (trainer.validation): its own series, step -> loss
+        self.validation: dict[int, float] = {}
         self._ema = 0.0
         self.plot = None
         self._drawn_at = 0.0
@@ -85,6 +87,8 @@ class LossPlot(QWidget):
         item.addLegend(offset=(-10, 10))
         self.raw_curve = item.plot(name="loss")
         self.smooth_curve = item.plot(name="smoothed")
+        self.validation_curve = item.plot(name="validation (held-out images)", symbol="o",
+                                          symbolSize=6)
         self.lr_view = pg.ViewBox()
         item.showAxis("right")
         item.scene().addItem(self.lr_view)
@@ -117,6 +121,9 @@ class LossPlot(QWidget):
         faint.setAlpha(110)
         self.raw_curve.setPen(pg.mkPen(faint, width=1))
         self.smooth_curve.setPen(pg.mkPen(curve, width=2))
+        self.validation_curve.setPen(pg.mkPen(second, width=2))
+        self.validation_curve.setSymbolPen(pg.mkPen(second))
+        self.validation_curve.setSymbolBrush(pg.mkBrush(second))
         self.lr_curve.setPen(pg.mkPen(second, width=1, style=Qt.DashLine))
 
     def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
@@ -142,6 +149,7 @@ class LossPlot(QWidget):
         """Forget the points and the axes: the next run starts on fresh, self-fitting axes, not
         on the last run's ranges (or a range the user zoomed to)."""
         self.steps, self.losses, self.smoothed, self.lrs = [], [], [], []
+        self.validation = {}
         self._ema = 0.0
         if self.plot is not None:
             view = self.plot.getPlotItem().vb  # the rate axis is set from the points at each draw
@@ -154,6 +162,7 @@ class LossPlot(QWidget):
         so the steps the earlier run made after it are not part of the final weights' curve."""
         kept = bisect.bisect_right(self.steps, step)
         del self.steps[kept:], self.losses[kept:], self.smoothed[kept:], self.lrs[kept:]
+        self.validation = {s: v for s, v in self.validation.items() if s <= step}
         # the moving average as it stood after the last kept point (undo the debiasing)
         self._ema = self.smoothed[-1] * (1 - SMOOTHING ** kept) if kept else 0.0
 
@@ -170,6 +179,11 @@ class LossPlot(QWidget):
         self._ema = SMOOTHING * self._ema + (1 - SMOOTHING) * loss
         self.smoothed.append(self._ema / (1 - SMOOTHING ** len(self.losses)))
 
+    def add_validation(self, step: int, loss: float) -> None:
+        """One validation point (the same step again, as on a resume, replaces it)."""
+        if math.isfinite(loss):
+            self.validation[step] = loss
+
     def redraw(self) -> None:
         """Push the data to the curves now, or REDRAW_MS after the last time: a run's ten
         ticks a second would otherwise repaint the plot ten times a second."""
@@ -185,6 +199,8 @@ class LossPlot(QWidget):
         self.raw_curve.setData(self.steps, self.losses)
         self.smooth_curve.setData(self.steps, self.smoothed)
         self.lr_curve.setData(self.steps, self.lrs)
+        shown = sorted(self.validation)
+        self.validation_curve.setData(shown, [self.validation[s] for s in shown])
         low, high = lr_axis_range(self.lrs)
         self.lr_view.setYRange(low, high, padding=0)
         self._sync_views()

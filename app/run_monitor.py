@@ -18,7 +18,7 @@ from app.failure_hints import window_hint
 from app.gallery import Gallery
 from app.loss_plot import LossPlot
 from trainer.events import (LIBRARY, Event, Failed, Finished, Log, Loss, Progress, Sample, Saved,
-                            Started, read_events)
+                            Started, Validation, read_events)
 
 
 def format_seconds(seconds: float) -> str:
@@ -110,7 +110,7 @@ class RunMonitor(QWidget):
         for index, event in enumerate(events):
             if index == last_progress or not isinstance(event, Progress):
                 self._one(event)
-        if any(isinstance(e, Loss) for e in events):
+        if any(isinstance(e, (Loss, Validation)) for e in events):
             self.plot.redraw()
 
     def set_paused(self, paused: bool) -> None:
@@ -153,7 +153,7 @@ class RunMonitor(QWidget):
         """The loss points and previews up to `step` that the run folder's log holds from the
         run (or runs) this one resumes."""
         for event in read_events(run_dir, load_images=True):
-            if isinstance(event, (Loss, Sample)) and event.step <= step:
+            if isinstance(event, (Loss, Validation, Sample)) and event.step <= step:
                 self._one(event)
         self.plot.redraw()
 
@@ -179,6 +179,8 @@ class RunMonitor(QWidget):
             self._show_progress()
         elif isinstance(event, Loss):
             self.plot.add(event.step, event.loss, event.lr)
+        elif isinstance(event, Validation):
+            self.plot.add_validation(event.step, event.loss)
         elif isinstance(event, Sample):
             self.gallery.add(event)
         elif isinstance(event, Log):

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QHeaderView, QLineEdit,
                                QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QTabWidget,
                                QWidget)
 
-from app.binding import Binder, combo, spin
+from app.binding import Binder, combo, dspin, number_edit, spin
 from app.colours import ERROR, NOTE, set_tone
 from app.file_dialogs import pick_file, pick_folder
 from app.forms import Folding, Page, plain_label
@@ -172,6 +172,16 @@ class DatasetSection(Page):
             spin(64, 8192, 64, " px"), "dataset", "max_bucket_reso",
             "The longest side an image group may have. Twice the resolution is usual "
             "(1024 px for 512); it must be at least the resolution."))
+        more.row("Validation images", binder.field(
+            dspin(0.0, 0.5, 0.05, 2), "dataset", "validation_split",
+            "The share of each folder's images held out of training (0.1 = one in ten) to "
+            "score a validation loss on: it falls while the LoRA learns what generalises and "
+            "rises when it starts copying the training images, so Export can pick the best "
+            "checkpoint. Each score costs one forward pass per held-out image."))
+        every, access = number_edit(int, "at the start, each checkpoint and the end")
+        more.row("Validation every", binder.field(
+            every, "dataset", "validation_every_n_steps",
+            "Also score the validation loss every this many steps.", **access))
         self.body.addWidget(more)
         binder.companions["dataset.resolution"] = lambda value: self._fit_buckets(
             value, self.binder.config.dataset.enable_bucket)

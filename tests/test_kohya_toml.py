@@ -193,3 +193,29 @@ caption_extension = "txt"
     assert [s.name for s in resolved.subsets] == ["img", "img (2)"]
     assert resolved.subsets[1].caption_extension == ".txt"
     assert any("color_aug" in text for _, text in resolved.notes)
+
+
+def test_validation_split_and_seed_are_read_and_hold_images_out(tmp_path):
+    images(tmp_path / "a", 8)
+    toml = write(tmp_path / "d.toml", """
+[general]
+resolution = 256
+class_tokens = "toy"
+validation_split = 0.25
+[[datasets]]
+validation_seed = 3
+[[datasets.subsets]]
+image_dir = "a"
+""")
+    config = TrainConfig(dataset=DatasetConfig(kohya_config=toml))
+    report = scan_dataset(config)
+    assert (report.settings.validation_split, report.settings.validation_seed) == (0.25, 3)
+    assert len(report.validation) == 2 and len(report.items) == 6
+    assert not {i.path for i in report.validation} & {i.path for i in report.items}
+    other = write(tmp_path / "e.toml", toml.read_text().replace("validation_seed = 3",
+                                                                "validation_seed = 4"))
+    moved = scan_dataset(TrainConfig(dataset=DatasetConfig(kohya_config=other)))
+    assert {i.path for i in moved.validation} != {i.path for i in report.validation}
+    bad = write(tmp_path / "f.toml", toml.read_text().replace("0.25", "0.9"))
+    with pytest.raises(ConfigError, match=r"validation_split = 0.9: must be a share from 0 to 0.5"):
+        load_kohya_dataset(bad, DatasetConfig())
