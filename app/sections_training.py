@@ -8,6 +8,7 @@ from app.binding import Binder, combo, dspin, list_edit, number_edit, spin
 from app.exporter import Exporter
 from app.forms import Folding, Page, plain_label
 from app.gpu_check import GpuCheck
+from trainer.samplers import SAMPLERS
 
 PROMPT_HELP = ("One prompt per line. Options after the prompt: --n negative prompt, --w width, "
                "--h height, --s steps, --l guidance scale, --d seed, --m LoRA strength. "
@@ -137,6 +138,12 @@ class SamplesSection(Page):
         self.row("Without-LoRA baseline", binder.field(
             QCheckBox("also render at strength 0"), "sampling", "baseline",
             "Render each prompt without the LoRA too, to see what it changes."))
+        self.row("Sampler", binder.field(
+            combo([(sampler.label, sampler.name) for sampler in SAMPLERS.values()]),
+            "sampling", "sampler",
+            "How previews are drawn, as in A1111 / ComfyUI. DDIM and Euler are steady at few "
+            "steps; Euler a changes more with the step count; the Karras variants spend "
+            "more steps on the fine detail."))
         self.row("Sampling steps", binder.field(
             spin(1, 1000), "sampling", "steps", "Denoising steps per preview (20 is typical)."))
         self.row("Guidance scale", binder.field(

@@ -312,6 +312,8 @@ class SamplingConfig(Section):
     width: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] | None = None  # None: resolution
     height: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] | None = None
     baseline: bool = Field(True, description="also render each prompt at LoRA strength 0")
+    sampler: Literal["ddim", "euler", "euler_a", "dpmpp_2m", "euler_karras",
+                     "dpmpp_2m_karras"] = Field("ddim", description="trainer.samplers")
 
 
 class OutputConfig(Section):

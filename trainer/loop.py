@@ -239,8 +239,8 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     if resume is not None:
         position = restore(resume, position, ranks, device, network, optimizer, scheduler,
                            scaler, noise_rng, force, send)
-    renderer = PreviewRenderer(base, network, baseline=config.sampling.baseline) \
-        if specs and ranks.writer else None
+    renderer = PreviewRenderer(base, network, baseline=config.sampling.baseline,
+                               sampler=config.sampling.sampler) if specs and ranks.writer else None
 
     def validate() -> None:
         if validator is not None and position.step not in validated:

@@ -73,12 +73,12 @@ class PreviewRenderer:
     """Renders PromptSpecs with the model being trained (adapters live in the U-Net); with no
     network, the base model alone."""
 
-    def __init__(self, base_model, network: LoraNetwork | None, *, baseline: bool) -> None:
-        from diffusers import DDIMScheduler
-
+    def __init__(self, base_model, network: LoraNetwork | None, *, baseline: bool,
+                 sampler: str = "ddim") -> None:
         from trainer.pipelines import build_pipeline
+        from trainer.samplers import get_sampler
 
-        scheduler = DDIMScheduler.from_config(base_model.noise_scheduler.config)
+        scheduler = get_sampler(sampler).build(base_model.noise_scheduler.config)
         self.pipeline = build_pipeline(base_model, scheduler)  # the family's own pipeline
         self.modules = [base_model.unet, *base_model.text_encoders.values()]
         self.network = network
@@ -98,6 +98,7 @@ class PreviewRenderer:
                 spec.prompt, negative_prompt=spec.negative or None, width=spec.width,
                 height=spec.height, num_inference_steps=spec.steps, guidance_scale=spec.scale,
                 latents=latents.to(device, pipe.unet.dtype), output_type="latent",
+                generator=generator,  # an ancestral sampler's noise: seeded too
             ).images
             # Decode ourselves: the VAE stays fp32 while the U-Net may run in fp16 on CUDA.
             decoded = pipe.vae.decode(denoised.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor)
