@@ -312,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_lora_commands(commands)
     from trainer.cli_preflight import add_preflight_command
     add_preflight_command(commands)
+    from trainer.cli_grid import add_grid_command
+    add_grid_command(commands)
     return parser
 
 
