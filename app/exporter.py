@@ -81,6 +81,7 @@ class Exporter(QWidget):
     """Checkpoint picker + Export button + the report the export printed."""
 
     finished = Signal(int, str)  # exit code, the file written
+    run_changed = Signal(object)  # the run folder shown (Path or None): Compare lists its steps
 
     def __init__(self, binder: Binder) -> None:
         super().__init__()
@@ -157,6 +158,7 @@ class Exporter(QWidget):
         if self.run_dir is not None:
             self.where.setText(f"Run: {self.run_dir}{why}" if has else
                                f"Run: {self.run_dir} (no checkpoints saved yet)")
+        self.run_changed.emit(self.run_dir)
         kind = run_kind(self.run_dir) if self.run_dir else None
         self.loads_in.setText(f"{kind.label} file. {kind.loads_in}" if kind else "")
         self.loads_in.setVisible(kind is not None)

@@ -329,6 +329,7 @@ class MainWindow(QMainWindow):
             self.run.kill()
         self.dataset.health.stop()
         self.training.stop()
+        self.export.compare.stop()
         self.dataset.thumbnails.stop()
         self.save_session_now()
         event.accept()

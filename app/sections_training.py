@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import QCheckBox, QLineEdit, QPlainTextEdit
 
 from app.binding import Binder, combo, dspin, list_edit, number_edit, spin
+from app.compare_grid import CompareGrid
 from app.exporter import Exporter
 from app.forms import Folding, Page, plain_label
 from app.gpu_check import GpuCheck
@@ -201,3 +202,7 @@ class ExportSection(Page):
             put=lambda v: self.cover.setText("" if v is None else str(v))))
         self.exporter = Exporter(binder)
         self.body.addWidget(self.exporter)
+        compare = Folding("Compare checkpoints")
+        self.compare = CompareGrid(binder, self.exporter)
+        compare.row("", self.compare)
+        self.body.addWidget(compare)
