@@ -141,3 +141,23 @@ def test_an_over_long_run_shows_over_fitting_on_the_validation_loss(tmp_path: Pa
     assert sum(late) / len(late) > start  # then the later checkpoints are worse than none
     trained = [loss for _, loss, _ in losses(tmp_path / "run")]
     assert sum(trained[-50:]) / 50 < sum(trained[:50]) / 50  # while the training loss falls
+
+
+def test_a_validation_folder_is_held_out_whole(tmp_path: Path) -> None:
+    from trainer.config import DatasetConfig, DatasetFolder, TrainConfig
+    from trainer.data import format_report
+
+    make_shapes_dataset(tmp_path / "train", 4)
+    make_shapes_dataset(tmp_path / "check", 3)
+    config = TrainConfig(dataset=DatasetConfig(folders=[
+        DatasetFolder(path=tmp_path / "train"),
+        DatasetFolder(path=tmp_path / "check", validation=True)], resolution=64,
+        min_bucket_reso=64, max_bucket_reso=128))
+    report = scan_dataset(config)
+    assert sorted(i.path.name for i in report.validation) == ["img00.png", "img01.png",
+                                                             "img02.png"]
+    assert all(i.path.parent.name == "check" for i in report.validation)
+    assert len(report.items) == 4 and all(i.path.parent.name == "train" for i in report.items)
+    assert "Held out for the validation loss: 3 images (all of check)" in format_report(report)
+    with pytest.raises(ValueError, match="either regularisation images .* or validation"):
+        DatasetFolder(path=tmp_path / "check", validation=True, is_reg=True)

@@ -52,6 +52,15 @@ class DatasetFolder(Section):
     is_reg: bool = False
     class_tokens: str = ""
     caption_extension: str | None = None  # None: the dataset-wide extension
+    validation: bool = Field(False, description="hold every image of this folder out of "
+                                                "training, for the validation loss")
+
+    @model_validator(mode="after")
+    def _one_role(self) -> DatasetFolder:
+        if self.is_reg and self.validation:
+            raise ValueError("a folder is either regularisation images (is_reg) or validation "
+                             "images (validation), not both")
+        return self
 
 
 MAX_NAME_BYTES = 200  # 255 bytes minus ".safetensors", the temp file's "." and ".XXXXXXXX.tmp"

@@ -1,7 +1,8 @@
 """The validation split: the images of each folder held out of training for the validation
 loss (`dataset.validation_split`, kohya's `validation_split` / `validation_seed`).
 
-Per training subset (regularisation folders are never held out), the images in path order are
+A validation folder (`DatasetFolder.validation`) is held out whole. Per other training subset
+(regularisation folders are never held out), the images in path order are
 shuffled by a seed of their own (the seed and the folder) and the last round(n x split) are held
 out: at least one when
 the split is above 0 and the folder has two or more, never all of them. The same images are
@@ -43,7 +44,10 @@ def split_items(items: Sequence, split: float, seed: int) -> Split:
     for index, item in enumerate(items):
         if not item.is_reg:
             by_subset.setdefault(item.subset, []).append(index)
-    for indices in by_subset.values():
+    for subset, indices in by_subset.items():
+        if getattr(subset, "is_validation", False):  # a validation folder: all of it
+            held.update(indices)
+            continue
         ordered = sorted(indices, key=lambda i: str(items[i].path))
         # seeded by the folder too: adding or reordering folders keeps each one's pick
         folder = zlib.crc32(str(items[ordered[0]].path.parent).encode())

@@ -168,9 +168,11 @@ def format_report(report: DatasetReport) -> str:
         + f" (scanned in {report.scan_seconds:.1f} s)",
     ]
     if report.validation:
+        whole = [subset.name for subset in report.subsets if subset.is_validation]
+        how = ([f"{s.validation_split:g} of each folder, seed {s.validation_seed}"]
+               if s.validation_split else []) + [f"all of {name}" for name in whole]
         lines.append(f"Held out for the validation loss: {_plural(len(report.validation), 'image')}"
-                     f" ({s.validation_split:g} of each folder, seed {s.validation_seed}), never "
-                     "trained on")
+                     f" ({'; '.join(how)}), never trained on")
     res = f"{s.resolution[0]}x{s.resolution[1]}"
     if s.enable_bucket:
         lines.append(f"Resolution {res}, aspect-ratio buckets {s.min_bucket_reso}-"

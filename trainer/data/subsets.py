@@ -35,6 +35,7 @@ class Subset:
     name: str  # folder name as recorded in the exported file (unique within a job)
     num_repeats: int = 1
     is_reg: bool = False
+    is_validation: bool = False  # every image held out (trainer.data.holdout)
     class_tokens: str = ""
     caption_extension: str = ".txt"
     caption_separator: str = ","
@@ -184,7 +185,8 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
             repeats = folder.repeats or (parsed[0] if parsed else 1)
             tokens = folder.class_tokens or (parsed[1] if parsed else "")
             subsets.append(Subset(image_dir=path, name=path.name, num_repeats=repeats,
-                                  is_reg=folder.is_reg, class_tokens=tokens, source=source,
+                                  is_reg=folder.is_reg, is_validation=folder.validation,
+                                  class_tokens=tokens, source=source,
                                   **options))
         for entry in entries:
             if entry.name.startswith(".") or not is_folder(entry, follow_symlinks=False):
@@ -202,7 +204,8 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
                 notes.append((Path(entry.path), f"subfolder ignored ({why})"))
                 continue
             subsets.append(Subset(image_dir=Path(entry.path), name=entry.name, num_repeats=sub[0],
-                                  is_reg=folder.is_reg, class_tokens=folder.class_tokens or sub[1],
+                                  is_reg=folder.is_reg, is_validation=folder.validation,
+                                  class_tokens=folder.class_tokens or sub[1],
                                   source=f"{source} / {entry.name}", **options))
         if len(subsets) == before:
             notes.append((path, "no images here and no kohya repeat folders like '10_name'"))
