@@ -1,6 +1,7 @@
 """What the benchmarks share: paths, the cached SD 1.5 layout, the bench job config, the two
 timed loops (the project's real run and the bare reference step), FLOP counting and the
-machine's measured fp32 matmul rate.
+machine's measured fp32 matmul rate. The timed loops run on the job's device: on CUDA they
+synchronize before every clock read (bench/gpu.py); on the CPU that is a no-op.
 
 Import it first (`import common`): it puts the repository and tests/ on sys.path and keeps
 every hub offline. The SD 1.5 layout with random weights (~4 GB, a diffusers folder) and the
@@ -10,11 +11,13 @@ SDXL layout with random weights (one fp16 single file, ~6.9 GB) are built once a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,14 +227,30 @@ def bench_config(model: Path, data: Path, px: int, *, steps: int, batch: int = 1
     return build_config(merge(job, sections))
 
 
-def project_steps(config, run_dir: Path) -> list[float]:
-    """Seconds per step of a real run (between Loss events; the first step is dropped)."""
-    from trainer.events import Loss
-    from trainer.loop import train
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device`: CUDA runs kernels asynchronously, so a clock read
+    without it would time their launches, not the work. Nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
+
+def project_steps(config, run_dir: Path,
+                  emit: Callable = lambda event: None) -> list[float]:
+    """Seconds per step of a real run (between Loss events; the first step is dropped). `emit`
+    also gets every event of the run, as trainer.loop.train's does."""
+    from trainer.events import Loss
+    from trainer.loop import resolve_device, train
+
+    device = resolve_device(config.precision.device)
     stamps: list[float] = []
-    train(config, run_dir, emit=lambda e: stamps.append(time.perf_counter())
-          if isinstance(e, Loss) else None)
+
+    def on_event(event) -> None:
+        if isinstance(event, Loss):  # sent right after the optimizer and scheduler steps
+            synchronize(device)
+            stamps.append(time.perf_counter())
+        emit(event)
+
+    train(config, run_dir, emit=on_event)
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
@@ -251,32 +270,52 @@ def unet_extras(unet, batch: int, px: int, device="cpu") -> dict:
 class BareStep:
     """The reference: nothing but the maths of a LoRA step on a given U-Net (noise +
     timesteps, forward, MSE, backward, AdamW step over `params`). Calling it runs one step and
-    returns its seconds."""
+    returns its seconds.
+
+    It runs where the U-Net is, in the precision the trainer would use there: on CUDA under
+    the config's mixed-precision autocast (a GradScaler for fp16), synchronized at both ends;
+    on the CPU in plain fp32 (the trainer ignores mixed precision there)."""
 
     def __init__(self, unet, noise_scheduler, params: list, config, latent_side: int) -> None:
         self.unet, self.scheduler, self.params = unet, noise_scheduler, params
         self.optimizer = torch.optim.AdamW(params, lr=config.optimizer.learning_rate)
+        self.device = next(unet.parameters()).device
+        # trainer.loop's rule, which it keeps inline: autocast on CUDA only
+        self.amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            config.precision.mixed_precision) if self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         batch = config.dataset.batch_size
-        self.latents = torch.randn(batch, 4, latent_side, latent_side)
-        self.context = torch.randn(batch, 77, unet.config.cross_attention_dim)
-        self.extra = unet_extras(unet, batch, latent_side * 8)
+        self.latents = torch.randn(batch, 4, latent_side, latent_side, device=self.device)
+        self.context = torch.randn(batch, 77, unet.config.cross_attention_dim,
+                                   device=self.device)
+        self.extra = unet_extras(unet, batch, latent_side * 8, self.device)
 
     def __call__(self) -> float:
         for param in self.params:  # whatever the trainer's step left behind
             param.grad = None
+        synchronize(self.device)
         start = time.perf_counter()
         noise = torch.randn_like(self.latents)
-        t = torch.randint(0, 1000, (self.latents.shape[0],))
-        prediction = self.unet(self.scheduler.add_noise(self.latents, noise, t), t,
-                               self.context, **self.extra).sample
-        loss = torch.nn.functional.mse_loss(prediction, noise)
-        loss.backward()
-        self.optimizer.step()
+        t = torch.randint(0, 1000, (self.latents.shape[0],), device=self.device)
+        with (torch.autocast(self.device.type, dtype=self.amp) if self.amp
+              else contextlib.nullcontext()):
+            prediction = self.unet(self.scheduler.add_noise(self.latents, noise, t), t,
+                                   self.context, **self.extra).sample
+            loss = torch.nn.functional.mse_loss(prediction.float(), noise)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
         return time.perf_counter() - start
 
 
-def interleaved_steps(config, run_dir: Path, log=None) -> tuple[list[float], list[float]]:
+def interleaved_steps(config, run_dir: Path, log=None, emit: Callable = lambda event: None
+                      ) -> tuple[list[float], list[float]]:
     """A B A B ... A per step, in one real run: A = a step of `trainer.loop.train` (cached
     latents and text embeddings, optimizer, scheduler, clipping, events: everything a run does
     per step), B = a `BareStep` on the very same U-Net and LoRA tensors, run from the loop's
@@ -288,7 +327,8 @@ def interleaved_steps(config, run_dir: Path, log=None) -> tuple[list[float], lis
     A spans from the end of the previous bare step to the next `on_step` call: the loop's
     bookkeeping after the hook, the batch, forward, backward, clipping, optimizer and scheduler
     steps, and the Loss and Progress events. The bare steps move the LoRA weights too (the
-    trainer's loss values mean nothing here; its timing does not depend on them)."""
+    trainer's loss values mean nothing here; its timing does not depend on them). `emit` gets
+    every event of the run, as trainer.loop.train's does."""
     import trainer.loop as loop
 
     loaded = {}
@@ -298,12 +338,14 @@ def interleaved_steps(config, run_dir: Path, log=None) -> tuple[list[float], lis
         return loaded["base"]
 
     loop_load = loop.load_base_model
+    device = loop.resolve_device(config.precision.device)
     total = config.schedule.max_train_steps
     trainer_times: list[float] = []
     bare_times: list[float] = []
     state: dict = {"since": None, "bare": None}
 
     def on_step(step: int) -> None:
+        synchronize(device)  # the step's queued GPU work belongs to its time
         if state["since"] is not None:
             trainer_times.append(time.perf_counter() - state["since"])
             if log:
@@ -325,7 +367,7 @@ def interleaved_steps(config, run_dir: Path, log=None) -> tuple[list[float], lis
 
     loop.load_base_model = load_and_keep
     try:
-        loop.train(config, run_dir, control=loop.TrainControl(on_step=on_step))
+        loop.train(config, run_dir, emit=emit, control=loop.TrainControl(on_step=on_step))
     finally:
         loop.load_base_model = loop_load
     return trainer_times, bare_times[1:]
