@@ -96,6 +96,11 @@ class TrainingSection(Page):
         more.row("Attention", binder.field(
             combo([("PyTorch SDPA", "sdpa"), ("xformers", "xformers")]),
             "precision", "attention", "The attention implementation (xformers: NVIDIA only)."))
+        more.row("Compile the U-Net", binder.field(
+            QCheckBox("torch.compile (first steps slower)"), "precision", "compile",
+            "Compiles the U-Net's forward pass: faster steps at larger batches (1.28x at batch "
+            "4 on the tiny model here, none at batch 1) after a compile of seconds to minutes. "
+            "It trains the same; off by default."))
         more.row("Cache images on disk", binder.field(
             QCheckBox(), "precision", "cache_latents_to_disk",
             "Keep the prepared images on disk to reuse them in the next run."))
