@@ -237,6 +237,7 @@ def test_torchrun_runs_the_same_job_as_processes_2(tiny_model, shapes, tmp_path:
     """Several machines are this code under `torchrun --nnodes`; one machine pins it."""
     ours = run_job(job_spec(tiny_model[0], shapes, tmp_path / "ours", processes=2, batch=1,
                             steps=6))
+    assert isinstance(ours[-1], Finished), ours[-1]
     process = start_training(tiny_model, shapes, tmp_path / "torchrun", "--set",
                              "precision.threads=1", steps=6,
                              launcher=("--standalone", "--nproc-per-node", "2"))
