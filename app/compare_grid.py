@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from PySide6.QtCore import QProcess, Qt, Signal
@@ -24,8 +23,8 @@ from app.binding import Binder
 from app.colours import ERROR, set_tone
 from app.exporter import Exporter, checkpoints_of, validation_loss_of
 from app.forms import plain_label
+from app.trainer_process import start_python
 
-ROOT = Path(__file__).resolve().parent.parent
 ZOOMS = (("fit", 0.0), ("50%", 0.5), ("100%", 1.0), ("200%", 2.0), ("400%", 4.0))
 SHOWN_CHECKPOINTS = 4  # ticked at first: the newest few
 
@@ -139,11 +138,7 @@ class CompareGrid(QWidget):
             self._say(str(error), problem=True)
             return False
         self._buffer, self._output, self.result = "", [], None
-        self.process = QProcess(self)
-        self.process.setWorkingDirectory(str(ROOT))
-        self.process.readyReadStandardOutput.connect(self._read)
-        self.process.finished.connect(self._done)
-        self.process.start(sys.executable, args)
+        self.process = start_python(self, args, self._done, self._read)
         self._say("Rendering in the background...")
         self._enable()
         return True

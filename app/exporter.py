@@ -10,7 +10,6 @@ where the file is and offers to show its folder.
 from __future__ import annotations
 
 import json
-import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +20,9 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMessageBox, QPla
                                QPushButton, QVBoxLayout, QWidget)
 
 from app.binding import Binder
+from app.trainer_process import start_python
 from app.verify_report import CheckList
 from trainer.network_kinds import KINDS, NetworkKind
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def checkpoints_of(run_dir: Path) -> list[Path]:
@@ -210,13 +208,8 @@ class Exporter(QWidget):
         self._show_result("", ready=False)
         self.checks.clear()
         self.report.setPlainText(f"Exporting to {out} ...\n")
-        self.process = QProcess(self)
-        self.process.setWorkingDirectory(str(ROOT))
-        self.process.setProcessChannelMode(QProcess.MergedChannels)
-        self.process.readyReadStandardOutput.connect(self._read)
-        self.process.finished.connect(self._done)
-        self.process.start(sys.executable, export_arguments(self.binder, Path(
-            self.checkpoint.currentData()), out))
+        self.process = start_python(self, export_arguments(self.binder, Path(
+            self.checkpoint.currentData()), out), self._done, self._read)
         self.button.setEnabled(False)
         return True
 

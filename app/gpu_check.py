@@ -8,9 +8,7 @@ memory, in the palette's error colour when it exceeds the free memory of the GPU
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,24 +18,13 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from app.binding import Binder
 from app.colours import ERROR, set_tone
 from app.forms import plain_label
+from app.trainer_process import last_json_object, start_python
 from trainer.config_io import save_config
 
-ROOT = Path(__file__).resolve().parent.parent
 # The settings the estimate or the device choice depends on: a change checks again.
 WATCHED = ("*", "model.path", "dataset.resolution", "dataset.batch_size", "network.",
            "precision.mixed_precision", "precision.gradient_checkpointing",
            "precision.processes", "precision.device", "optimizer.type")
-
-
-def _report(output: str) -> dict | None:
-    """The JSON object `preflight --json` prints last (library notices may come before it)."""
-    for line in reversed(output.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None
 
 
 def describe(report: dict | None, wanted_device: str) -> tuple[str, bool]:
@@ -103,20 +90,16 @@ class GpuCheck(QWidget):
             return False
         self._config_file = Path(tempfile.mkdtemp(prefix="lora-studio-")) / "preflight.toml"
         save_config(self.binder.config, self._config_file)
-        self.process = QProcess(self)
-        self.process.setWorkingDirectory(str(ROOT))
-        self.process.setProcessChannelMode(QProcess.MergedChannels)
-        self.process.finished.connect(self._show)
-        self.process.start(sys.executable, ["-m", "trainer.cli", "preflight", "--json",
-                                            "--config", str(self._config_file)] +
-                           (["--devices-only"] if known is None else []))
+        self.process = start_python(self, ["-m", "trainer.cli", "preflight", "--json",
+                                           "--config", str(self._config_file)] +
+                                    (["--devices-only"] if known is None else []), self._show)
         return True
 
     def _show(self, code: int, status) -> None:
         output = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
         self.process = None
         shutil.rmtree(self._config_file.parent, ignore_errors=True)
-        report = _report(output)
+        report = last_json_object(output)
         if report is not None and GpuCheck.known_devices is None:
             GpuCheck.known_devices = report.get("devices") or []
             if GpuCheck.known_devices and self.binder.config.model.path:

@@ -8,8 +8,6 @@ MAX_LINES of them one line says how many more there are (the window stays quick 
 
 from __future__ import annotations
 
-import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,21 +17,10 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem
 
 from app.binding import Binder
 from app.colours import ERROR, tone_colour
+from app.trainer_process import last_json_object, start_python
 from trainer.config_io import save_config
 
-ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 500
-
-
-def _figures(output: str) -> dict | None:
-    """The JSON object `validate --json` prints last (library notices may come before it)."""
-    for line in reversed(output.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None
 
 
 class HealthReport(QWidget):
@@ -97,21 +84,17 @@ class HealthReport(QWidget):
             return False
         self._config_file = Path(tempfile.mkdtemp(prefix="lora-studio-")) / "check.toml"
         save_config(self.binder.config, self._config_file)
-        self.process = QProcess(self)
-        self.process.setWorkingDirectory(str(ROOT))
-        self.process.setProcessChannelMode(QProcess.MergedChannels)
-        self.process.finished.connect(self._show)
         self.summary.setText("Checking...")
         self.counted.emit(None)  # counting again: the figures shown so far may be stale
         self.button.setEnabled(False)
-        self.process.start(sys.executable, ["-m", "trainer.cli", "validate", "--json",
-                                            "--config", str(self._config_file)])
+        self.process = start_python(self, ["-m", "trainer.cli", "validate", "--json",
+                                           "--config", str(self._config_file)], self._show)
         return True
 
     def _show(self, code: int, status) -> None:
         output = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
         self.process = None
-        counts = _figures(output)
+        counts = last_json_object(output)
         text = counts.pop("report") if counts else output  # else an error, said in words
         self.button.setEnabled(True)
         self._config_file.unlink(missing_ok=True)
