@@ -130,8 +130,10 @@ def _lora(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_two_processes_at_batch_1_train_what_one_trains_at_batch_2(pretrained, shapes,
-                                                                    tmp_path: Path) -> None:
+def test_two_processes_at_batch_1_train_what_one_trains_at_batch_2(pretrained, tmp_path: Path):
+    """Five images: each epoch ends with a global batch of one, where rank 1 has no rows."""
+    shapes = tmp_path / "five"
+    make_shapes_dataset(shapes, 5)
     one = run_job(job_spec(pretrained, shapes, tmp_path / "one", processes=1, batch=2, steps=20))
     two = run_job(job_spec(pretrained, shapes, tmp_path / "two", processes=2, batch=1, steps=20))
     assert isinstance(one[-1], Finished) and isinstance(two[-1], Finished), (one[-1], two[-1])
