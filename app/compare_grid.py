@@ -67,6 +67,9 @@ class CompareGrid(QWidget):
         self.use = QPushButton("Export this checkpoint")
         self.use.setToolTip("Pick the checkpoint selected in the list for the export above.")
         self.use.clicked.connect(self.use_selected)
+        self.add = QPushButton("Add another run...")
+        self.add.setToolTip("Compare with the checkpoints of another run of the same base model.")
+        self.add.clicked.connect(self._ask_run)
         self.zoom = QComboBox()
         for label, factor in ZOOMS:
             self.zoom.addItem(label, factor)
@@ -84,6 +87,8 @@ class CompareGrid(QWidget):
                               ("Strengths", self.strengths)):
             layout.addWidget(plain_label(label))
             layout.addWidget(widget)
+            if widget is self.checkpoints:
+                layout.addWidget(self.add, 0, Qt.AlignLeft)
         buttons = QHBoxLayout()
         for widget in (self.render_button, self.cancel, self.progress, self.zoom, self.save,
                        self.use):
@@ -96,7 +101,16 @@ class CompareGrid(QWidget):
 
     def set_run_dir(self, run_dir: Path | None) -> None:
         self.checkpoints.clear()
-        folders = checkpoints_of(run_dir) if run_dir else []  # newest first
+        if run_dir:
+            self.add_run(Path(run_dir))
+        self._enable()
+
+    def add_run(self, run_dir: Path) -> int:
+        """List a run's checkpoints (another run's after the first: the grid compares runs
+        of one base; the trainer refuses others, saying so); how many were added."""
+        listed = {self.checkpoints.item(i).data(Qt.UserRole)
+                  for i in range(self.checkpoints.count())}
+        folders = [f for f in checkpoints_of(run_dir) if str(f) not in listed]  # newest first
         for index, folder in enumerate(folders):
             score = validation_loss_of(folder)
             item = QListWidgetItem(f"{folder.parent.parent.name} step "
@@ -106,12 +120,20 @@ class CompareGrid(QWidget):
             item.setCheckState(Qt.Checked if index < SHOWN_CHECKPOINTS else Qt.Unchecked)
             self.checkpoints.addItem(item)
         self._enable()
+        return len(folders)
+
+    def _ask_run(self) -> None:
+        from app.file_dialogs import pick_folder
+
+        path = pick_folder(self, "Another run of the same base model", "runs")
+        if path and not self.add_run(Path(path)):
+            self._say(f"{path} has no checkpoints to compare", problem=True)
 
     def chosen(self) -> list[str]:
-        """The ticked checkpoints, oldest first (the grid's row order)."""
+        """The ticked checkpoints in the grid's row order: run by run, oldest first."""
         items = [self.checkpoints.item(i) for i in range(self.checkpoints.count())]
-        return [item.data(Qt.UserRole) for item in reversed(items)
-                if item.checkState() == Qt.Checked]
+        ticked = [item.data(Qt.UserRole) for item in items if item.checkState() == Qt.Checked]
+        return sorted(ticked, key=lambda folder: (str(Path(folder).parent), Path(folder).name))
 
     def arguments(self, out: Path) -> list[str]:
         """`lora-train grid` for the current choices (ValueError: a bad strength)."""

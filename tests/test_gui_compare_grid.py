@@ -78,6 +78,21 @@ def test_a_recorded_grid_stream_fills_the_panel(panel, tmp_path: Path) -> None:
     assert panel.exporter.checkpoint.currentData().endswith("step-000100")
 
 
+def test_another_run_of_the_same_base_joins_the_list_once(panel, tmp_path: Path) -> None:
+    first = fake_run(tmp_path / "a_run", [0.3, 0.2])
+    second = fake_run(tmp_path / "b_run", [0.25])
+    panel.exporter.set_run_dir(first)
+    assert panel.add_run(second) == 1 and panel.add_run(second) == 0  # listed once
+    assert [panel.checkpoints.item(i).text().split(" · ")[0]
+            for i in range(panel.checkpoints.count())] == ["a_run step 200", "a_run step 100",
+                                                           "b_run step 100"]
+    assert [str(Path(c).relative_to(tmp_path)) for c in panel.chosen()] == [
+        "a_run/checkpoints/step-000100", "a_run/checkpoints/step-000200",
+        "b_run/checkpoints/step-000100"]  # the grid's rows: run by run, oldest first
+    panel.exporter.set_run_dir(second)  # another run shown in Export: its list alone
+    assert panel.checkpoints.count() == 1
+
+
 @pytest.mark.slow
 def test_the_child_renders_the_grid_and_reopening_it_renders_nothing(panel, run, qtbot,
                                                                      tmp_path, monkeypatch):
