@@ -314,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_preflight_command(commands)
     from trainer.cli_grid import add_grid_command
     add_grid_command(commands)
+    from trainer.cli_captions import add_captions_command
+    add_captions_command(commands)
     return parser
 
 
@@ -325,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aborted; the last checkpoint is intact", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lora-train ... | head`: the reader left; so do we, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:  # every failure becomes one clear message, never a traceback
         from trainer.failures import BAD_INPUT, classify
 
