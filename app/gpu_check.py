@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QProcess, QTimer, Signal
+from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from app.binding import Binder
@@ -45,15 +45,46 @@ def describe(report: dict | None, wanted_device: str) -> tuple[str, bool]:
     return found, False
 
 
+class DeviceProbe(QObject):
+    """The session's one look for GPUs (they don't come and go): a child `preflight
+    --devices-only --json`, shared by every window, never owned by one (a window closed while
+    it runs must not make the next window look again)."""
+
+    found = Signal(object)  # the devices, a list (empty: none, or the probe failed)
+    _shared: DeviceProbe | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.devices: list | None = None  # None: not known yet
+        self.process: QProcess | None = None
+
+    @classmethod
+    def shared(cls) -> DeviceProbe:
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def start(self) -> None:
+        if self.devices is None and self.process is None:
+            self.process = start_python(self, ["-m", "trainer.cli", "preflight", "--json",
+                                               "--devices-only"], self._done)
+
+    def _done(self, code: int, status) -> None:
+        output = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        self.process = None
+        report = last_json_object(output)
+        self.devices = (report or {}).get("devices") or []  # a failed probe: no GPU offered
+        self.found.emit(self.devices)
+
+
 class GpuCheck(QWidget):
     """One line about the GPUs and one about the run's memory; `devices` after every check.
 
-    The GPUs are looked up once per session (they don't come and go); the memory estimate is
-    made only where there is a GPU and a model: a CPU-only machine pays one short child process
-    (torch's import), nothing per edit."""
+    The GPUs are looked up once per session (DeviceProbe); the memory estimate is made only
+    where there is a GPU and a model: a CPU-only machine pays one short child process (torch's
+    import), nothing per edit or window."""
 
     devices = Signal(int)  # how many CUDA GPUs the trainer sees
-    known_devices: list | None = None  # this session's GPUs, once looked up (class-wide)
 
     def __init__(self, binder: Binder) -> None:
         super().__init__()
@@ -69,12 +100,17 @@ class GpuCheck(QWidget):
         self._later.setInterval(800)
         self._later.timeout.connect(self.check)
         binder.changed.connect(self._maybe_recheck)
+        # a method, not a lambda: Qt drops the connection when this widget is deleted
+        DeviceProbe.shared().found.connect(self._devices_found)
         self._later.start()
 
     def _maybe_recheck(self, key: str) -> None:
         if any(key == watched or (watched.endswith(".") and key.startswith(watched))
                for watched in WATCHED):
             self._later.start()
+
+    def _devices_found(self, devices: list) -> None:
+        self.check()
 
     @property
     def pending(self) -> bool:
@@ -84,27 +120,25 @@ class GpuCheck(QWidget):
         if self.process is not None:
             self._later.start()  # one check at a time; again when this one ends
             return False
-        known = GpuCheck.known_devices
-        if known is not None and not (known and self.binder.config.model.path):
-            self._present({"devices": known, "estimate": None, "problem": None})
+        probe = DeviceProbe.shared()
+        if probe.devices is None:
+            probe.start()  # its answer calls check again
             return False
+        if not (probe.devices and self.binder.config.model.path):
+            self._present({"devices": probe.devices, "estimate": None, "problem": None})
+            return False
+        # a GPU machine and a model: the estimate, made by the trainer for these settings
         self._config_file = Path(tempfile.mkdtemp(prefix="lora-studio-")) / "preflight.toml"
         save_config(self.binder.config, self._config_file)
         self.process = start_python(self, ["-m", "trainer.cli", "preflight", "--json",
-                                           "--config", str(self._config_file)] +
-                                    (["--devices-only"] if known is None else []), self._show)
+                                           "--config", str(self._config_file)], self._show)
         return True
 
     def _show(self, code: int, status) -> None:
         output = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
         self.process = None
         shutil.rmtree(self._config_file.parent, ignore_errors=True)
-        report = last_json_object(output)
-        if report is not None and GpuCheck.known_devices is None:
-            GpuCheck.known_devices = report.get("devices") or []
-            if GpuCheck.known_devices and self.binder.config.model.path:
-                self._later.start()  # now the estimate, for the GPUs just found
-        self._present(report)
+        self._present(last_json_object(output))
 
     def _present(self, report: dict | None) -> None:
         self.report = report

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.gpu_check import GpuCheck, describe
+from app.gpu_check import DeviceProbe, describe
 from app.main import MainWindow
 
 GIB = 2 ** 30
@@ -23,9 +23,8 @@ TWO_GPUS = {"devices": [H200, {**H200, "index": 1, "free_bytes": 3 * GIB}],
 
 @pytest.fixture(autouse=True)
 def fresh_session():
-    GpuCheck.known_devices = None  # each test is a new session: its GPUs are looked up anew
+    DeviceProbe.shared().devices = None  # each test a new session: its GPUs looked up anew
     yield
-    GpuCheck.known_devices = None
 
 
 def test_an_estimate_that_fits_is_said_and_one_that_does_not_is_a_problem() -> None:
@@ -55,7 +54,7 @@ def test_gpus_to_use_is_offered_only_where_there_are_two_or_more(qtbot) -> None:
     section = window.training
     with qtbot.waitSignal(section.gpus.devices, timeout=60_000) as found:
         pass  # the real child, on this CPU-only machine
-    assert found.args == [0] and GpuCheck.known_devices == []
+    assert found.args == [0] and DeviceProbe.shared().devices == []
     assert section.gpus.label.text().startswith("No NVIDIA GPU found")
     assert not section.form.isRowVisible(section.processes)
     section.gpus._present(TWO_GPUS)  # what a two-GPU machine's check reports
@@ -72,10 +71,14 @@ def test_gpus_to_use_is_offered_only_where_there_are_two_or_more(qtbot) -> None:
 def test_a_cpu_only_session_looks_for_gpus_once(qtbot) -> None:
     first = MainWindow()
     qtbot.addWidget(first)
-    with qtbot.waitSignal(first.training.gpus.devices, timeout=60_000):
+    probe = DeviceProbe.shared()
+    qtbot.waitUntil(lambda: probe.process is not None, timeout=5_000)
+    first.close()  # closed while its look for GPUs runs: the look goes on for the session
+    with qtbot.waitSignal(probe.found, timeout=60_000):
         pass
+    assert probe.devices == [] and probe.process is None
     second = MainWindow()
     qtbot.addWidget(second)
     second.training.gpus.check()  # an edit's recheck: answered from what the session knows
-    assert second.training.gpus.process is None
+    assert second.training.gpus.process is None and probe.process is None
     assert second.training.gpus.label.text().startswith("No NVIDIA GPU found")

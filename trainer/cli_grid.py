@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from trainer.samplers import SAMPLERS
 
 
 def default_grid_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lora-studio" / "grid"
+    """Beside the latent cache: `~/.cache/lora-studio/grid` (or under $XDG_CACHE_HOME)."""
+    from trainer.caching import default_cache_dir
+
+    return default_cache_dir().parent / "grid"
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -39,7 +40,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(json.dumps({"done": done, "total": total, "cached": cached}) if args.json
               else f"picture {done}/{total}{' (cached)' if cached else ''}", flush=True)
 
-    cells = render_cells(request, args.cache, progress)
+    cells = render_cells(request, args.cache or default_grid_cache(), progress)
     rows = [(prompt, checkpoint) for prompt in request.prompts for checkpoint in checkpoints]
     row_labels = [f"{checkpoint.label}: {prompt.prompt}" for prompt, checkpoint in rows]
     column_labels = [f"strength {s:g}" for s in request.strengths]
@@ -77,7 +78,7 @@ def add_grid_command(commands) -> None:
     grid.add_argument("--seed", type=int, default=1234)
     grid.add_argument("--model", type=Path, help="render on this base instead of the runs' own")
     grid.add_argument("--out", type=Path, required=True, help="the PNG to write")
-    grid.add_argument("--cache", type=Path, default=default_grid_cache(),
+    grid.add_argument("--cache", type=Path, default=None,
                       help="where the pictures are kept (default ~/.cache/lora-studio/grid)")
     grid.add_argument("--json", action="store_true", help="progress and result as JSON lines")
     grid.set_defaults(func=cmd_grid)

@@ -119,6 +119,8 @@ class Job:
         """Block until the child process has exited (the CLI, before it exits itself)."""
         if self._process is not None:
             self._process.join(timeout)
+        for helper in self._helpers.processes if self._helpers else []:
+            helper.join(timeout)  # the other ranks leave right after rank 0
         self._release()
 
     def _release(self) -> None:

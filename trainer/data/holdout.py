@@ -3,7 +3,7 @@ loss (`dataset.validation_split`, kohya's `validation_split` / `validation_seed`
 
 A validation folder (`DatasetFolder.validation`) is held out whole. Per other training subset
 (regularisation folders are never held out), the images in path order are
-shuffled by a seed of their own (the seed and the folder) and the last round(n x split) are held
+shuffled by a seed of their own (the seed and the folder's name) and the last round(n x split) are held
 out: at least one when
 the split is above 0 and the folder has two or more, never all of them. The same images are
 held out on every run with the same seed, whatever the batch size, epochs or other folders.
@@ -49,8 +49,9 @@ def split_items(items: Sequence, split: float, seed: int) -> Split:
             held.update(indices)
             continue
         ordered = sorted(indices, key=lambda i: str(items[i].path))
-        # seeded by the folder too: adding or reordering folders keeps each one's pick
-        folder = zlib.crc32(str(items[ordered[0]].path.parent).encode())
+        # seeded by the folder's name too: adding, reordering or moving folders keeps each
+        # one's pick (a moved dataset resumes with the same images held out)
+        folder = zlib.crc32(items[ordered[0]].path.parent.name.encode())
         random.Random(derive_seed("validation", seed, folder)).shuffle(ordered)
         count = held_out_count(len(ordered), split)
         held.update(ordered[len(ordered) - count:] if count else [])
