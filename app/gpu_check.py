@@ -8,9 +8,6 @@ memory, in the palette's error colour when it exceeds the free memory of the GPU
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
@@ -18,8 +15,7 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from app.binding import Binder
 from app.colours import ERROR, set_tone
 from app.forms import plain_label
-from app.trainer_process import last_json_object, start_python
-from trainer.config_io import save_config
+from app.trainer_process import discard, last_json_object, start_python, temporary_config
 
 # The settings the estimate or the device choice depends on: a change checks again.
 WATCHED = ("*", "model.path", "dataset.resolution", "dataset.batch_size", "network.",
@@ -128,8 +124,7 @@ class GpuCheck(QWidget):
             self._present({"devices": probe.devices, "estimate": None, "problem": None})
             return False
         # a GPU machine and a model: the estimate, made by the trainer for these settings
-        self._config_file = Path(tempfile.mkdtemp(prefix="lora-studio-")) / "preflight.toml"
-        save_config(self.binder.config, self._config_file)
+        self._config_file = temporary_config(self.binder.config, "preflight.toml")
         self.process = start_python(self, ["-m", "trainer.cli", "preflight", "--json",
                                            "--config", str(self._config_file)], self._show)
         return True
@@ -137,7 +132,7 @@ class GpuCheck(QWidget):
     def _show(self, code: int, status) -> None:
         output = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
         self.process = None
-        shutil.rmtree(self._config_file.parent, ignore_errors=True)
+        discard(self._config_file)
         self._present(last_json_object(output))
 
     def _present(self, report: dict | None) -> None:

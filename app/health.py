@@ -8,8 +8,6 @@ MAX_LINES of them one line says how many more there are (the window stays quick 
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 from PySide6.QtCore import QEvent, QProcess, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton,
@@ -17,8 +15,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem
 
 from app.binding import Binder
 from app.colours import ERROR, tone_colour
-from app.trainer_process import last_json_object, start_python
-from trainer.config_io import save_config
+from app.trainer_process import discard, last_json_object, start_python, temporary_config
 
 MAX_LINES = 500
 
@@ -82,8 +79,7 @@ class HealthReport(QWidget):
             self.summary.setText("Add folders, then check them.")
             self.lines.clear()
             return False
-        self._config_file = Path(tempfile.mkdtemp(prefix="lora-studio-")) / "check.toml"
-        save_config(self.binder.config, self._config_file)
+        self._config_file = temporary_config(self.binder.config, "check.toml")
         self.summary.setText("Checking...")
         self.counted.emit(None)  # counting again: the figures shown so far may be stale
         self.button.setEnabled(False)
@@ -97,7 +93,7 @@ class HealthReport(QWidget):
         counts = last_json_object(output)
         text = counts.pop("report") if counts else output  # else an error, said in words
         self.button.setEnabled(True)
-        self._config_file.unlink(missing_ok=True)
+        discard(self._config_file)
         self.lines.clear()
         self.skipped = []
         in_skipped = False

@@ -5,7 +5,9 @@ prints as its last line (library notices may come before it)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,20 @@ def start_python(parent: QObject, args: list[str], finished: Callable,
     process.finished.connect(finished)
     process.start(sys.executable, args)
     return process
+
+
+def temporary_config(config, name: str) -> Path:
+    """The window's settings as a TOML file in a fresh temporary folder, for a child's
+    `--config`; remove it with `discard(path)` when the child has ended."""
+    from trainer.config_io import save_config
+
+    path = Path(tempfile.mkdtemp(prefix="lora-studio-")) / name
+    save_config(config, path)
+    return path
+
+
+def discard(config_file: Path) -> None:
+    shutil.rmtree(config_file.parent, ignore_errors=True)
 
 
 def last_json_object(output: str) -> dict | None:

@@ -5,6 +5,7 @@ with every label on it and in its text chunk."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ from trainer.config_io import ConfigError
 from trainer.grid import cell_key, checkpoints_in, make_request
 from trainer.grid_image import compose
 from trainer.loop import train
-from trainer.sampling import PromptSpec
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,7 @@ def test_a_picture_is_keyed_by_what_decides_it(run) -> None:
     prompt = request.prompts[0]
     assert cell_key(request, first, prompt, 1.0) != cell_key(request, last, prompt, 1.0)
     assert cell_key(request, first, prompt, 0.0) == cell_key(request, last, prompt, 0.0)
-    for changed in (PromptSpec(**{**prompt.__dict__, "seed": 2}),
-                    PromptSpec(**{**prompt.__dict__, "steps": 5}),
-                    PromptSpec(**{**prompt.__dict__, "width": 128})):
+    for changed in (replace(prompt, seed=2), replace(prompt, steps=5), replace(prompt, width=128)):
         assert cell_key(request, first, changed, 1.0) != cell_key(request, first, prompt, 1.0)
     euler = make_request(checkpoints, ["a red circle"], [1.0], "euler", steps=4, guidance=7.0,
                          seed=1)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import io
 import re
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -109,20 +109,27 @@ class PreviewRenderer:
 
     def render_all(self, specs: list[PromptSpec], step: int) -> list[Sample]:
         """Every prompt at its strength, plus strength 0; training RNG streams untouched."""
-        modes = [module.training for module in self.modules]
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         samples = []
-        with torch.random.fork_rng(devices=devices):
-            for module in self.modules:
-                module.eval()
-            try:
-                for spec in specs:
-                    strengths = [spec.strength] + ([0.0] if self.baseline else [])
-                    for strength in strengths:
-                        samples.append(Sample(step=step, prompt=spec.prompt, seed=spec.seed,
-                                              scale=strength,
-                                              png_bytes=self.render(spec, strength)))
-            finally:
-                for module, mode in zip(self.modules, modes):
-                    module.train(mode)
+        with outside_training(self.modules):
+            for spec in specs:
+                for strength in [spec.strength] + ([0.0] if self.baseline else []):
+                    samples.append(Sample(step=step, prompt=spec.prompt, seed=spec.seed,
+                                          scale=strength, png_bytes=self.render(spec, strength)))
         return samples
+
+
+@contextmanager
+def outside_training(modules: list[torch.nn.Module]) -> Iterator[None]:
+    """Between two training steps (a preview, a validation pass): the modules in eval mode
+    and torch's random streams forked, both as they were afterwards, so the training goes on
+    as if nothing had run."""
+    modes = [module.training for module in modules]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        for module in modules:
+            module.eval()
+        try:
+            yield
+        finally:
+            for module, mode in zip(modules, modes):
+                module.train(mode)

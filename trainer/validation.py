@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from trainer.conditioning import Conditioning
 from trainer.data import base_caption, derive_seed
+from trainer.sampling import outside_training
 
 
 def spread_timesteps(count: int, num_train_timesteps: int, seed: int) -> list[int]:
@@ -65,14 +66,6 @@ class ValidationLoss:
         return F.mse_loss(prediction.float(), target.float()).item()
 
     def __call__(self) -> float:
-        modes = [module.training for module in self.modules]
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            for module in self.modules:
-                module.eval()
-            try:
-                losses = [self._one(index, item) for index, item in enumerate(self.items)]
-            finally:
-                for module, mode in zip(self.modules, modes):
-                    module.train(mode)
+        with outside_training(self.modules), torch.no_grad():
+            losses = [self._one(index, item) for index, item in enumerate(self.items)]
         return sum(losses) / len(losses)
