@@ -11,7 +11,8 @@ import pytest
 
 import trainer.caption_edits as caption_edits
 from synthetic import make_shapes_dataset
-from trainer.caption_edits import CaptionEdit, CaptionEditError, apply_changes, plan, undo
+from trainer.caption_edits import CaptionEdit, apply_changes, plan
+from trainer.caption_journal import CaptionEditError, undo
 from trainer.cli import main as cli
 
 

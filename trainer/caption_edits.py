@@ -7,29 +7,20 @@ or added when a caption lacks it). Tags are split on the dataset's separator and
 it and a space, as kohya writes them. An image without a caption file gets one only from the
 tag edits (a find/replace has nothing to work on).
 
-Every change writes an undo journal first (`UNDO_FILE` in the folder: each changed file's
-previous bytes, or that it did not exist), then each caption atomically; `undo` restores the
-last change exactly and removes the journal. A change that stops halfway leaves every file old
-or new, and its journal restores the old ones.
+Every change goes through the folder's undo journal (trainer/caption_journal.py): each
+caption's previous bytes are recorded before it is replaced atomically, so a change that stops
+halfway leaves every file old or new, and `undo` restores the last change exactly.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.atomic import atomic_write_bytes, atomic_write_text
-from trainer.config_io import ConfigError
+from trainer.atomic import atomic_write_text
+from trainer.caption_journal import CaptionEditError, CaptionJournal
 from trainer.data.captions import split_tags
-
-UNDO_FILE = ".lora-studio-caption-undo.json"
-
-
-class CaptionEditError(ConfigError):
-    """An edit that can't be made (a bad regular expression, nothing to undo): exit 2."""
 
 
 @dataclass(frozen=True)
@@ -78,26 +69,26 @@ class CaptionChange:
         return (self.before or b"").decode("utf-8-sig", errors="replace")
 
 
-def caption_files(folder: Path, extension: str = ".txt") -> list[Path]:
-    """The caption file of every image the dataset scan would see in `folder` (existing or
-    not), in path order."""
+def captioned_images(folder: Path, extension: str = ".txt") -> list[tuple[Path, Path]]:
+    """(image, its caption file - existing or not) of every image the dataset scan would see
+    in `folder` (its kohya `N_name` subfolders too), in caption path order."""
     from trainer.config import DatasetConfig, DatasetFolder
     from trainer.data.scan import list_subset
     from trainer.data.subsets import folder_subsets
 
     resolved = folder_subsets(DatasetConfig(folders=[DatasetFolder(path=folder)],
                                             caption_extension=extension))
-    paths = []
+    pairs = []
     for subset in resolved.subsets:
         candidates, _ = list_subset(subset)
-        paths += [c.caption_path or c.path.with_suffix(extension) for c in candidates]
-    return sorted(paths)
+        pairs += [(c.path, c.caption_path or c.path.with_suffix(extension)) for c in candidates]
+    return sorted(pairs, key=lambda pair: pair[1])
 
 
 def plan(folder: Path, edit: CaptionEdit, extension: str = ".txt") -> list[CaptionChange]:
     """What the edit would change (the preview); files it leaves as they are are not listed."""
     changes = []
-    for path in caption_files(folder, extension):
+    for _, path in captioned_images(folder, extension):
         before = path.read_bytes() if path.is_file() else None
         if before is None and not edit.edits_tags:
             continue
@@ -108,38 +99,10 @@ def plan(folder: Path, edit: CaptionEdit, extension: str = ".txt") -> list[Capti
     return changes
 
 
-def apply_changes(folder: Path, changes: list[CaptionChange]) -> Path | None:
-    """Write the journal, then every caption; the journal's path (None: nothing changed)."""
-    if not changes:
-        return None
-    journal = Path(folder) / UNDO_FILE
-    atomic_write_text(journal, json.dumps({"files": [
-        {"path": str(change.path),
-         "before": None if change.before is None else base64.b64encode(change.before).decode()}
-        for change in changes]}, indent=1))
-    for change in changes:
-        atomic_write_text(change.path, change.after)
-    return journal
-
-
-def undo(folder: Path) -> list[Path]:
-    """Put back what the last change replaced; the files restored."""
-    journal = Path(folder) / UNDO_FILE
-    if not journal.is_file():
-        raise CaptionEditError(f"nothing to undo in {folder} (no {UNDO_FILE}: the last change "
-                               "was undone already, or none was made here)")
-    try:
-        entries = json.loads(journal.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise CaptionEditError(f"{journal} is damaged ({error}); the captions are as they "
-                               "are now") from None
-    restored = []
-    for entry in entries:
-        path = Path(entry["path"])
-        if entry["before"] is None:
-            path.unlink(missing_ok=True)
-        else:
-            atomic_write_bytes(path, base64.b64decode(entry["before"]))
-        restored.append(path)
-    journal.unlink()
-    return restored
+def apply_changes(folder: Path, changes: list[CaptionChange]) -> int:
+    """Journal and write every change; how many captions were written."""
+    with CaptionJournal(folder, "bulk caption edit") as journal:
+        for change in changes:
+            journal.record(change.path, change.before)
+            atomic_write_text(change.path, change.after)
+    return len(changes)

@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_grid_command(commands)
     from trainer.cli_captions import add_captions_command
     add_captions_command(commands)
+    from trainer.cli_caption import add_caption_command
+    add_caption_command(commands)
     return parser
 
 

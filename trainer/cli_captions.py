@@ -20,7 +20,8 @@ PREVIEW_LINES = 20
 
 
 def cmd_captions(args: argparse.Namespace) -> int:
-    from trainer.caption_edits import CaptionEdit, apply_changes, plan, undo
+    from trainer.caption_edits import CaptionEdit, apply_changes, plan
+    from trainer.caption_journal import undo
     from trainer.config_io import ConfigError
 
     folder = Path(args.folder)

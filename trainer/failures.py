@@ -59,7 +59,8 @@ def classify(error: BaseException) -> Failed:
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if kind == "internal":
         message = f"{type(error).__name__}: {message}"
-    return Failed(kind=kind, message=message, hint=HINTS[kind])
+    # an error class may know better what to do than its kind's hint (a captioning model)
+    return Failed(kind=kind, message=message, hint=getattr(error, "hint", None) or HINTS[kind])
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
