@@ -330,6 +330,7 @@ class MainWindow(QMainWindow):
         self.dataset.health.stop()
         self.training.stop()
         self.export.compare.stop()
+        self.dataset.caption_tools.stop()
         self.dataset.thumbnails.stop()
         self.save_session_now()
         event.accept()

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QHeaderView, QLineEdit,
                                QWidget)
 
 from app.binding import Binder, combo, dspin, number_edit, spin
+from app.caption_tools import CaptionTools
 from app.colours import ERROR, NOTE, set_tone
 from app.file_dialogs import pick_file, pick_folder
 from app.forms import Folding, Page, plain_label
@@ -189,8 +190,11 @@ class DatasetSection(Page):
             self.binder.config.dataset.resolution, value)
         self.health = HealthReport(binder)
         self.thumbnails = ThumbnailGrid(binder)
+        self.caption_tools = CaptionTools(binder, self.thumbnails)
+        self.caption_tools.changed.connect(self.health.check_soon)
         tabs = QTabWidget()
         tabs.addTab(self.thumbnails, "Images and captions")
+        tabs.addTab(self.caption_tools, "Caption tools")
         tabs.addTab(self.health, "Health report")
         tabs.setMinimumHeight(320)
         self.tabs = tabs

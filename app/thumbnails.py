@@ -322,6 +322,14 @@ class ThumbnailGrid(QWidget):
         self._say(f"{path.name}" + ("" if path.exists() else " (new file)"))
         self.save_button.setEnabled(True)
 
+    def reload_caption(self) -> None:
+        """Show the current image's caption as it is on disk now: a caption tool rewrote
+        it, and the box's old text must not be saved over it."""
+        self._shown_caption = None
+        current = self.grid.currentIndex()
+        if current.isValid():
+            self._select(current)
+
     def select(self, name: str) -> None:
         self.grid.setCurrentIndex(self.model.index(self.model.row_of(name)))
 

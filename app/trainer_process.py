@@ -54,3 +54,65 @@ def last_json_object(output: str) -> dict | None:
                 return None
             return value if isinstance(value, dict) else None
     return None
+
+
+class JsonLinesChild(QObject):
+    """One `python -m trainer.cli ...` child at a time whose `--json` lines arrive as they are
+    printed: `on_line(object)` for each JSON object, `on_end(code, error)` when it ends
+    (`error`: its `error: ...` line, '' if none). `stop()` asks it to stop (SIGTERM: the
+    trainer's commands finish the file in hand); `kill()` ends it now, with no `on_end`."""
+
+    def __init__(self, parent: QObject, on_line: Callable[[dict], None],
+                 on_end: Callable[[int, str], None]) -> None:
+        super().__init__(parent)
+        self.on_line, self.on_end = on_line, on_end
+        self.process: QProcess | None = None
+        self._buffer, self._errors = "", []
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None
+
+    def start(self, args: list[str]) -> bool:
+        if self.process is not None:
+            return False
+        self._buffer, self._errors = "", []
+        self.process = start_python(self, ["-m", "trainer.cli", *args], self._ended, self._read)
+        return True
+
+    def _read(self) -> None:
+        if self.process is None:
+            return
+        self._buffer += bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            self.on_line(value)
+        elif line.startswith("error:"):
+            self._errors.append(line[len("error:"):].strip())
+
+    def _ended(self, code: int, _status) -> None:
+        self._read()
+        if self._buffer.strip():
+            self._line(self._buffer)
+        self._buffer = ""
+        self.process = None
+        self.on_end(code, self._errors[-1] if self._errors else "")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.finished.disconnect()
+            self.process.kill()
+            self.process.waitForFinished(2000)
+            self.process = None

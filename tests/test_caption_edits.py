@@ -112,3 +112,17 @@ def test_the_command_line_previews_edits_counts_and_undoes(folder: Path, capsys)
     assert snapshot(folder) == before
     assert cli(["captions", str(folder), "--undo"]) == 2  # nothing left to undo
     assert cli(["captions", str(folder / "img00.png")]) == 2  # a file, not a folder
+
+
+def test_the_json_preview_lists_every_change_for_the_window(folder: Path, capsys) -> None:
+    before = snapshot(folder)
+    assert cli(["captions", str(folder), "--find", "white", "--replace", "grey", "--dry-run",
+                "--json"]) == 0
+    preview = json.loads(capsys.readouterr().out)
+    assert snapshot(folder) == before and preview["dry_run"] and preview["changed"] == 3
+    assert {Path(c["caption_file"]).name: c["after"] for c in preview["changes"]} == {
+        name: (folder / name).read_text(encoding="utf-8-sig").replace("white", "grey")
+        for name in ("img00.txt", "img01.txt", "img02.txt")}
+    assert cli(["captions", str(folder), "--find", "white", "--replace", "grey", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["changes"] == preview["changes"]
+    assert "grey background" in (folder / "img00.txt").read_text()

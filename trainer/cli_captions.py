@@ -6,6 +6,7 @@ tag-frequency table (the numbers the exported file's ss_tag_frequency will hold)
     lora-train captions FOLDER ... --dry-run        # the preview: what would change
     lora-train captions FOLDER --frequency          # tag -> images, per folder
     lora-train captions FOLDER --undo               # the last change, restored exactly
+    ... --json                                      # one JSON object: every change
 
 Exit codes: 0 done, 2 bad input (a missing folder, a bad regular expression, nothing to undo).
 """
@@ -41,6 +42,13 @@ def cmd_captions(args: argparse.Namespace) -> int:
         raise ConfigError("say what to change: --find/--replace, --add-tag, --remove-tag or "
                           "--first (or --frequency, --undo)")
     changes = plan(folder, edit, args.caption_extension)
+    if not args.dry_run:
+        apply_changes(folder, changes)
+    if args.json:  # every change, for the window's preview table
+        print(json.dumps({"changes": [{"caption_file": str(c.path), "before": (
+            c.before_text if c.before is not None else None), "after": c.after}
+            for c in changes], "changed": len(changes), "dry_run": args.dry_run}))
+        return 0
     for change in changes[:PREVIEW_LINES]:
         before = change.before_text if change.before is not None else "(no caption file)"
         print(f"{change.path.name}: {before!r} -> {change.after!r}")
@@ -49,7 +57,6 @@ def cmd_captions(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"{len(changes)} caption(s) would change (dry run: nothing written)")
         return 0
-    apply_changes(folder, changes)
     print(f"changed {len(changes)} caption(s)" + (
         f"; undo with: lora-train captions {folder} --undo" if changes else ""))
     return 0
@@ -88,7 +95,7 @@ def add_captions_command(commands) -> None:
     captions.add_argument("--dry-run", action="store_true", help="show what would change only")
     captions.add_argument("--frequency", action="store_true",
                           help="print how many images carry each tag, per folder")
-    captions.add_argument("--json", action="store_true", help="--frequency as JSON")
+    captions.add_argument("--json", action="store_true", help="print JSON: the changes, or --frequency's table")
     captions.add_argument("--undo", action="store_true", help="restore the last change")
     captions.add_argument("--caption-extension", default=".txt")
     captions.add_argument("--separator", default=",", help="the tag separator (default ,)")
