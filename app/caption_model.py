@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, Q
 
 from app.binding import dspin
 from app.file_dialogs import pick_file, pick_folder
+from app.forms import plain_label
 from app.session import settings
 
 MODES = (("missing", "Only images without a caption"),
@@ -70,9 +71,11 @@ class CaptionModelPanel(QGroupBox):
         form.addRow("Model", path_row)
         form.addRow("Mode", self.mode)
         tag_row = QHBoxLayout()
-        for widget in (self.general, self.character, self.exclude):
+        for widget in (plain_label("general tags at least", False), self.general,
+                       plain_label("characters at least", False), self.character,
+                       plain_label("never write", False), self.exclude):
             tag_row.addWidget(widget)
-        form.addRow("Tags: general ≥, character ≥, never", tag_row)
+        form.addRow("Tagger", tag_row)
         buttons = QHBoxLayout()
         for widget in (self.preview_button, self.caption_button, self.cancel, self.progress):
             buttons.addWidget(widget)

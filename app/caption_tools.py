@@ -65,7 +65,7 @@ class CaptionTools(QWidget):
         edits = QGroupBox("Edit every caption")
         form = QFormLayout(edits)
         find_row = QHBoxLayout()
-        for widget in (self.find, plain_label("with"), self.replace, self.regex):
+        for widget in (self.find, plain_label("with", False), self.replace, self.regex):
             find_row.addWidget(widget)
         form.addRow("Find", find_row)
         form.addRow("Add tags", self.add_tags)
@@ -83,6 +83,7 @@ class CaptionTools(QWidget):
         self.undo_button.clicked.connect(self.undo)
         self.status = plain_label("")
         self.changes = read_only_table(["Image", "Before", "After"])
+        self.changes.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
         self.frequency = read_only_table(["Folder", "Tag", "Images"])
         self.frequency.setSortingEnabled(True)
         self.frequency.cellDoubleClicked.connect(self._pick_tag)
@@ -91,7 +92,7 @@ class CaptionTools(QWidget):
         splitter.addWidget(self.frequency)
         splitter.setMinimumHeight(200)
         top = QHBoxLayout()
-        top.addWidget(plain_label("Folder"))
+        top.addWidget(plain_label("Folder", False))
         top.addWidget(self.folder, 1)
         top.addWidget(self.undo_button)
         layout = QVBoxLayout(self)
@@ -111,8 +112,12 @@ class CaptionTools(QWidget):
     def _config_changed(self, key: str) -> None:
         if key not in ("*", "dataset.folders", "dataset.caption_extension", "dataset.trigger_word"):
             return
-        if not self.first.text():
-            self.first.setText(self.binder.config.dataset.trigger_word)
+        # Not filled in: an edit that only removes a tag must not also add the trigger word
+        # to every file (training puts it first anyway, from the Trigger word field).
+        trigger = self.binder.config.dataset.trigger_word
+        self.first.setPlaceholderText(
+            f"e.g. the trigger word {trigger!r}: moved first, added where missing" if trigger
+            else "the trigger word: moved first, added where missing")
         shown = [self.folder.itemData(i) for i in range(self.folder.count())]
         folders = [str(f.path) for f in self.binder.config.dataset.folders]
         if folders != shown:
@@ -233,6 +238,7 @@ class CaptionTools(QWidget):
             number.setData(Qt.DisplayRole, count)  # sorts as a number
             self.frequency.setItem(row, 2, number)
         self.frequency.setSortingEnabled(True)
+        self.frequency.sortItems(2, Qt.DescendingOrder)
 
     def _count_ended(self, code: int, error: str) -> None:
         if error:

@@ -101,7 +101,6 @@ def test_a_bulk_edit_is_previewed_applied_counted_and_undone(tools: CaptionTools
 
 
 def test_nothing_to_change_is_said_and_nothing_runs(tools: CaptionTools) -> None:
-    tools.first.setText("")
     assert not tools.run_edit(dry_run=False)
     assert "Say what to change" in tools.status.text() and not tools.child.running
 

@@ -133,6 +133,7 @@ def main() -> int:
     run_page_states(app, window, work, args.out, "")
     network_states(app, window, args.out)
     two_gpus(app, window, args.out)
+    caption_tools(app, window, work, args.out)
     from dark_palette import dark_palette
 
     app.setPalette(dark_palette())  # as when the system switches to its dark theme
@@ -144,6 +145,36 @@ def main() -> int:
     run_page_states(app, window, work, args.out, "dark-")
     window.close()
     return 0
+
+
+def caption_tools(app, window, work: Path, out: Path) -> None:
+    """The Dataset section's Caption tools tab: the tiny test tagger's preview of a replace
+    (a child runs it), and the folder's tag-frequency table."""
+    import time
+
+    from tiny_captioners import make_tagger
+
+    dataset = window.dataset
+    dataset.tabs.setCurrentWidget(dataset.caption_tools)
+    panel = dataset.caption_tools.model_panel
+    panel.model.setText(str(make_tagger(work / "wd14-tagger")))
+    panel.mode.setCurrentIndex(panel.mode.findData("append"))
+    dataset.caption_tools.remove_tags.setText("white background")
+    panel.run(preview=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (dataset.caption_tools.child.running
+                                           or dataset.caption_tools.counter.running):
+        app.processEvents()
+        time.sleep(0.02)
+    window.show_section("Dataset")
+    app.processEvents()
+    dataset.ensureWidgetVisible(dataset.tabs, 0, 0)
+    dataset.verticalScrollBar().setValue(dataset.verticalScrollBar().maximum())
+    for _ in range(5):
+        app.processEvents()
+    window.grab().save(str(out / "dataset-caption-tools.png"))
+    print(out / "dataset-caption-tools.png")
+    dataset.tabs.setCurrentWidget(dataset.thumbnails)
 
 
 def network_states(app, window, out: Path) -> None:
