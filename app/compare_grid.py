@@ -9,11 +9,10 @@ hands the picked checkpoint to the exporter above.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from PySide6.QtCore import QProcess, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                                QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
@@ -23,7 +22,7 @@ from app.binding import Binder
 from app.colours import ERROR, set_tone
 from app.exporter import Exporter, checkpoints_of, validation_loss_of
 from app.forms import plain_label
-from app.trainer_process import start_python
+from app.trainer_process import JsonLinesChild
 
 ZOOMS = (("fit", 0.0), ("50%", 0.5), ("100%", 1.0), ("200%", 2.0), ("400%", 4.0))
 SHOWN_CHECKPOINTS = 4  # ticked at first: the newest few
@@ -49,9 +48,8 @@ class CompareGrid(QWidget):
     def __init__(self, binder: Binder, exporter: Exporter) -> None:
         super().__init__()
         self.binder, self.exporter = binder, exporter
-        self.process: QProcess | None = None
+        self.child = JsonLinesChild(self, self.handle_message, self._done)
         self.result: dict | None = None
-        self._buffer, self._output = "", []
         self.checkpoints = QListWidget()
         self.checkpoints.setMaximumHeight(120)
         self.prompts = QPlainTextEdit()
@@ -142,7 +140,7 @@ class CompareGrid(QWidget):
             [line for line in sampling.prompts if line.strip()]
         if not lines:
             raise ValueError("write a prompt (or add preview prompts in the Samples section)")
-        args = ["-m", "trainer.cli", "grid", *self.chosen()]
+        args = ["grid", *self.chosen()]
         for line in lines:
             args += ["--prompt", line]
         return args + ["--strength", *map(str, parse_strengths(self.strengths.text())),
@@ -151,7 +149,7 @@ class CompareGrid(QWidget):
                        "--out", str(out), "--json"]
 
     def render(self) -> bool:
-        if self.process is not None or not self.chosen():
+        if self.child.running or not self.chosen():
             return False
         run_dir = Path(self.chosen()[0]).parent.parent
         try:
@@ -159,28 +157,14 @@ class CompareGrid(QWidget):
         except ValueError as error:
             self._say(str(error), problem=True)
             return False
-        self._buffer, self._output, self.result = "", [], None
-        self.process = start_python(self, args, self._done, self._read)
+        self.result = None
+        self.child.start(args)
         self._say("Rendering in the background...")
         self._enable()
         return True
 
-    def _read(self) -> None:
-        self._buffer += bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
-        *lines, self._buffer = self._buffer.split("\n")
-        for line in lines:
-            self.handle_line(line)
-
-    def handle_line(self, line: str) -> None:
-        """One line of `grid --json` (or an error or notice, kept for the message)."""
-        try:
-            message = json.loads(line)
-        except ValueError:
-            message = None
-        if not isinstance(message, dict):
-            if line.strip():
-                self._output.append(line.strip())
-            return
+    def handle_message(self, message: dict) -> None:
+        """One line of `grid --json`: a picture done, or the finished sheet."""
         if "total" in message:
             self.progress.setRange(0, message["total"])
             self.progress.setValue(message["done"])
@@ -192,15 +176,9 @@ class CompareGrid(QWidget):
                       f"{message['grid']}")
             self._show_sheet()
 
-    def _done(self, code: int, status) -> None:
-        self._read()
-        if self._buffer.strip():
-            self.handle_line(self._buffer)
-        self.process = None
+    def _done(self, code: int, error: str) -> None:
         if self.result is None:
-            error = next((line for line in self._output if line.startswith("error:")),
-                         self._output[-1] if self._output else f"the grid stopped ({code})")
-            self._say(error, problem=True)
+            self._say(error or f"the grid stopped ({code})", problem=True)
         self._enable()
         self.finished.emit(self.result)
 
@@ -242,11 +220,8 @@ class CompareGrid(QWidget):
         return index >= 0
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.finished.disconnect()
-            self.process.kill()
-            self.process.waitForFinished(2000)
-            self.process = None
+        if self.child.running:
+            self.child.kill()
             self._say("Cancelled; the pictures already made stay cached.")
             self._enable()
 
@@ -255,7 +230,7 @@ class CompareGrid(QWidget):
         set_tone(self.status, ERROR if problem else None)
 
     def _enable(self) -> None:
-        running = self.process is not None
+        running = self.child.running
         self.render_button.setEnabled(not running and self.checkpoints.count() > 0)
         self.cancel.setEnabled(running)
         self.save.setEnabled(self.result is not None and not running)

@@ -59,7 +59,7 @@ def last_json_object(output: str) -> dict | None:
 class JsonLinesChild(QObject):
     """One `python -m trainer.cli ...` child at a time whose `--json` lines arrive as they are
     printed: `on_line(object)` for each JSON object, `on_end(code, error)` when it ends
-    (`error`: its `error: ...` line, '' if none). `stop()` asks it to stop (SIGTERM: the
+    (`error`: its `error: ...` line; else, when it failed, its last other line; else ''). `stop()` asks it to stop (SIGTERM: the
     trainer's commands finish the file in hand); `kill()` ends it now, with no `on_end`."""
 
     def __init__(self, parent: QObject, on_line: Callable[[dict], None],
@@ -67,7 +67,7 @@ class JsonLinesChild(QObject):
         super().__init__(parent)
         self.on_line, self.on_end = on_line, on_end
         self.process: QProcess | None = None
-        self._buffer, self._errors = "", []
+        self._buffer, self._errors, self._other = "", [], ""
 
     @property
     def running(self) -> bool:
@@ -76,7 +76,7 @@ class JsonLinesChild(QObject):
     def start(self, args: list[str]) -> bool:
         if self.process is not None:
             return False
-        self._buffer, self._errors = "", []
+        self._buffer, self._errors, self._other = "", [], ""
         self.process = start_python(self, ["-m", "trainer.cli", *args], self._ended, self._read)
         return True
 
@@ -97,6 +97,8 @@ class JsonLinesChild(QObject):
             self.on_line(value)
         elif line.startswith("error:"):
             self._errors.append(line[len("error:"):].strip())
+        elif line.strip():
+            self._other = line.strip()  # a crash's last words, when there is no error line
 
     def _ended(self, code: int, _status) -> None:
         self._read()
@@ -104,7 +106,7 @@ class JsonLinesChild(QObject):
             self._line(self._buffer)
         self._buffer = ""
         self.process = None
-        self.on_end(code, self._errors[-1] if self._errors else "")
+        self.on_end(code, self._errors[-1] if self._errors else self._other if code else "")
 
     def stop(self) -> None:
         if self.process is not None:

@@ -62,11 +62,10 @@ def test_a_recorded_grid_stream_fills_the_panel(panel, tmp_path: Path) -> None:
 
     sheet = tmp_path / "grid.png"
     Image.new("RGB", (300, 200), (250, 250, 250)).save(sheet)
-    for line in [json.dumps({"done": 1, "total": 4, "cached": False}),
-                 "a library notice on stdout",
-                 json.dumps({"done": 4, "total": 4, "cached": True}),
-                 json.dumps({"grid": str(sheet), "rendered": 3, "cached": 1, "cells": []})]:
-        panel.handle_line(line)
+    for message in [{"done": 1, "total": 4, "cached": False},
+                    {"done": 4, "total": 4, "cached": True},
+                    {"grid": str(sheet), "rendered": 3, "cached": 1, "cells": []}]:
+        panel.handle_message(message)
     assert panel.progress.value() == 4 and panel.progress.maximum() == 4
     assert panel.status.text() == f"3 rendered, 1 from the cache: {sheet}"
     panel.zoom.setCurrentIndex(panel.zoom.findText("200%"))
@@ -102,7 +101,7 @@ def test_the_child_renders_the_grid_and_reopening_it_renders_nothing(panel, run,
     panel.strengths.setText("0, 1")
     panel.binder.set_value("sampling", "steps", 3)
     assert panel.render()
-    assert panel.process is not None and not panel.render_button.isEnabled()  # in the child
+    assert panel.child.running and not panel.render_button.isEnabled()  # in the child
     with qtbot.waitSignal(panel.finished, timeout=240_000) as first:
         pass
     assert first.args[0]["rendered"] == 1 + 3 and first.args[0]["cached"] == 2
