@@ -54,23 +54,27 @@ class FolderTable(QTableWidget):
                 f"auto ({', '.join(map(str, repeats))})" if repeats else "auto")
 
     def folders(self) -> list[DatasetFolder]:
+        """The rows as folders; what the table does not show (a folder's regularisation or
+        validation role, class tokens, caption extension from a config file) is kept."""
         out = []
         for row in range(self.rowCount()):
             repeats = self.cellWidget(row, 2).value()
-            out.append(DatasetFolder(path=Path(self.item(row, 0).text()),
-                                     repeats=repeats or None))
+            folder = self.item(row, 0).data(Qt.UserRole)
+            out.append(folder.model_copy(update={"repeats": repeats or None}))
         return out
 
     def show_folders(self, folders: list[DatasetFolder]) -> None:
         self.setRowCount(0)
         for folder in folders:
-            self.add_row(folder.path, folder.repeats or 0, notify=False)
+            self.add_row(folder.path, folder.repeats or 0, notify=False, folder=folder)
         self.set_counts(self.counts)
 
-    def add_row(self, path: Path, repeats: int = 0, notify: bool = True) -> None:
+    def add_row(self, path: Path, repeats: int = 0, notify: bool = True,
+                folder: DatasetFolder | None = None) -> None:
         row = self.rowCount()
         self.insertRow(row)
         item = QTableWidgetItem(str(path))
+        item.setData(Qt.UserRole, folder or DatasetFolder(path=Path(path)))
         item.setFlags(item.flags() & ~Qt.ItemIsEditable)
         item.setToolTip(str(path))
         self.setItem(row, 0, item)

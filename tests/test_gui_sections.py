@@ -372,3 +372,24 @@ def test_folders_are_counted_in_the_background_with_kohya_subfolders(qtbot,
         assert calculator.text() == "Counting the images..."
     assert table.item(0, 1).text() == "5"  # 2 + 3; the 5 in extras/ are not trained on
     assert "16 images seen per epoch" in calculator.text()  # 2 × 2 + 3 × 4
+
+
+def test_a_folder_keeps_what_the_table_does_not_show(qtbot, tmp_path: Path) -> None:
+    """A config file's regularisation folder and class tokens survive an edit of its repeats
+    in the table (the table used to rebuild each folder from its path and repeats alone)."""
+    from app.binding import Binder
+    from app.sections_setup import DatasetSection
+    from trainer.config import DatasetConfig, DatasetFolder, TrainConfig
+
+    reg = DatasetFolder(path=tmp_path / "reg", is_reg=True, class_tokens="a dog",
+                        caption_extension=".caption")
+    binder = Binder(TrainConfig(dataset=DatasetConfig(folders=[
+        DatasetFolder(path=tmp_path / "train"), reg])))
+    section = DatasetSection(binder)
+    qtbot.addWidget(section)
+    section.table.cellWidget(1, 2).setValue(4)
+    kept = binder.config.dataset.folders[1]
+    assert (kept.repeats, kept.is_reg, kept.class_tokens, kept.caption_extension) == (
+        4, True, "a dog", ".caption")
+    section.table.add_row(tmp_path / "more")
+    assert [f.is_reg for f in binder.config.dataset.folders] == [False, True, False]
