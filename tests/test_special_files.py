@@ -28,7 +28,8 @@ def test_every_path_field_of_the_config_is_checked() -> None:
     path_fields = {(section.__name__, name): repr(field.annotation) + repr(field.metadata)
                    for section in sections for name, field in section.model_fields.items()
                    if "pathlib.Path" in repr(field.annotation)}
-    assert set(path_fields) == {("DatasetFolder", "path"), ("DatasetConfig", "kohya_config"),
+    assert set(path_fields) == {("DatasetFolder", "path"), ("DatasetFolder", "mask_folder"),
+                                ("DatasetConfig", "kohya_config"),
                                 ("ModelConfig", "path"), ("NetworkConfig", "init_from"),
                                 ("OutputConfig", "dir"), ("MetadataConfig", "cover_image")}
     unchecked = [key for key, text in path_fields.items() if "_not_special" not in text]

@@ -54,6 +54,9 @@ class DatasetFolder(Section):
     caption_extension: str | None = None  # None: the dataset-wide extension
     validation: bool = Field(False, description="hold every image of this folder out of "
                                                 "training, for the validation loss")
+    mask_folder: UserPath | None = Field(
+        None, description="masked loss: the folder of masks, one per image with the same name "
+                          "(white = trained, black = ignored); kohya's conditioning_data_dir")
 
     @model_validator(mode="after")
     def _one_role(self) -> DatasetFolder:
@@ -91,6 +94,9 @@ class DatasetConfig(Section):
     bucket_reso_steps: Literal[32, 64] = Field(64, description="32 is allowed for SDXL (as kohya)")
     bucket_no_upscale: bool = False
     flip_aug: bool = False
+    masked_loss: bool = Field(
+        False, description="train only where each image's mask is white: its file in the "
+                           "folder's mask_folder, else its alpha channel (kohya's --masked_loss)")
     background_color: str = Field("#ffffff", description="transparent pixels are flattened on it")
     min_image_side: Annotated[int, Field(ge=1)] = 64
     batch_size: Annotated[int, Field(ge=1, le=256)] = 1

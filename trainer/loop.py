@@ -190,7 +190,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
     # 3. Caches: after them a step costs only the U-Net (and the text encoder if trained).
     latents = LatentCache(base.vae, background=report.settings.background_color,
                           disk_dir=default_cache_dir() if config.precision.cache_latents_to_disk
-                          else None)
+                          else None, masks=report.masks)
     if config.precision.cache_latents:
         send(Log("info", f"caching latents of {len(report.items)} images"))
         variants = [(item.path, item.bucket, flip) for item in report.items
@@ -313,7 +313,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
             batch = batches[position.batch_in_epoch]
             rows = ranks.rows(len(batch), batch_size)
             files += [report.items[index].path.name for index in batch]
-            batch_latents, captions, sizes = [], [], []
+            batch_latents, captions, sizes, masks = [], [], [], []
             for slot in range(rows.start, rows.stop):
                 item = report.items[batch[slot]]
                 caption, flip = sample_plan(item, config.schedule.seed, position.epoch,
@@ -322,6 +322,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                 batch_latents.append(latents.get(item.path, item.bucket, flip)
                                      if config.precision.cache_latents
                                      else latents.encode(item.path, item.bucket, flip))
+                masks.append(latents.mask(item.path, item.bucket, flip))
                 if family.micro_conditioning:
                     sizes.append(latents.size_ids(item.path, item.bucket, flip))
             position.batch_in_epoch += 1
@@ -337,7 +338,7 @@ def _train(config: TrainConfig, run_dir: Path, send: Callable[[Event], None],
                                       cond.context, base.noise_scheduler, noise_rng,
                                       config.loss, prediction_type,
                                       cond.unet_kwargs(torch.stack(sizes) if sizes else None),
-                                      **({"rows": rows, "global_count": len(batch)}
+                                      masks=masks, **({"rows": rows, "global_count": len(batch)}
                                          if ranks.several else {}))
             if not torch.isfinite(loss) and not ranks.several:
                 raise NonFiniteLoss(position.step + 1, files, loss.item())

@@ -122,6 +122,7 @@ def training_metadata(config: TrainConfig, report: DatasetReport, base, position
         "ss_shuffle_caption": str(first.shuffle_caption),
         "ss_keep_tokens": str(first.keep_tokens),
         "ss_flip_aug": str(first.flip_aug),
+        "ss_masked_loss": str(report.masked_loss),  # kohya's key: --masked_loss (or alpha_mask)
         "ss_noise_offset": f"{config.loss.noise_offset:g}" if config.loss.noise_offset else "None",
         "ss_min_snr_gamma": f"{config.loss.min_snr_gamma:g}" if config.loss.min_snr_gamma else "None",
         "ss_caption_dropout_rate": f"{first.caption_dropout_rate:g}",

@@ -6,7 +6,8 @@ of its own inside `torch.random.fork_rng` and puts the trained modules in eval m
 (no LoRA dropout), so the training's random streams and modes are untouched: a resume with
 validation on stays bit-identical. The loss is the plain mean squared error to the target
 (noise, or v for v-prediction models), without the training's min-SNR weights or noise offset:
-one number comparable across runs of the same base whatever those settings.
+one number comparable across runs of the same base whatever those settings. With masked loss
+an image with a mask is scored over its masked area, as training weighs it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from trainer.conditioning import Conditioning
 from trainer.data import base_caption, derive_seed
+from trainer.objective import per_sample_mse
 from trainer.sampling import outside_training
 
 
@@ -63,7 +65,10 @@ class ValidationLoss:
         with autocast:
             prediction = self.base.unet(noisy, timestep, cond.context,
                                         **cond.unet_kwargs(sizes)).sample
-        return F.mse_loss(prediction.float(), target.float()).item()
+        mask = self.latents.mask(item.path, item.bucket, False)
+        if mask is None:  # the plain number, exactly as before masks existed
+            return F.mse_loss(prediction.float(), target.float()).item()
+        return per_sample_mse(prediction, target, mask[None].to(latent.device)).item()
 
     def __call__(self) -> float:
         with outside_training(self.modules), torch.no_grad():

@@ -27,6 +27,8 @@ class Probe:
     width: int = 0
     height: int = 0
     reason: str = ""
+    # (lowest, highest) alpha value when asked for and the image has transparency (masks)
+    alpha_range: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -37,8 +39,9 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.0f} megapixels"
 
 
-def probe_image(path: Path | str) -> Probe:
-    """Size after EXIF rotation, or a plain-words reason why the file cannot be used.
+def probe_image(path: Path | str, alpha: bool = False) -> Probe:
+    """Size after EXIF rotation, or a plain-words reason why the file cannot be used; with
+    `alpha`, also the range of its alpha channel (read from the pixels decoded anyway).
 
     Never raises for a bad file. Callers that scan many files in threads should silence
     `Image.DecompressionBombWarning` around the whole scan; the limit is checked here.
@@ -60,6 +63,8 @@ def probe_image(path: Path | str) -> Probe:
             if image.format in ("JPEG", "MPO"):
                 image.draft(None, (max(1, width // 8), max(1, height // 8)))
             image.load()
+            channel = alpha_channel(image) if alpha else None
+            alpha_range = channel.getextrema() if channel is not None else None
     except PermissionError:
         return Probe(reason="unreadable (permission denied)")
     except FileNotFoundError:
@@ -79,7 +84,7 @@ def probe_image(path: Path | str) -> Probe:
         return Probe(reason="too large to decode in memory")
     if orientation in SWAPPING_ORIENTATIONS:
         width, height = height, width
-    return Probe(width=width, height=height)
+    return Probe(width=width, height=height, alpha_range=alpha_range)
 
 
 def _sixteen_bit_to_8(image: Image.Image) -> Image.Image:
@@ -92,15 +97,31 @@ def _sixteen_bit_to_8(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "L")
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Transparency that `to_rgb` flattens: an alpha band or a transparent colour. 16-bit and
+    float greys lose theirs on the way to 8 bits, so they count as opaque."""
+    return image.mode not in SIXTEEN_BIT_MODES and (
+        image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info)
+
+
+def alpha_channel(image: Image.Image) -> Image.Image | None:
+    """The transparency as an 8-bit L image (255 = opaque), or None when there is none."""
+    if not has_alpha(image):
+        return None
+    return (image if image.mode in ("RGBA", "LA") else image.convert("RGBA")).getchannel("A")
+
+
 def to_rgb(image: Image.Image, background: str = "#ffffff") -> Image.Image:
     """Any Pillow mode -> RGB. Transparency is flattened on `background`; 16-bit greys are scaled,
     not clipped; CMYK and palettes are converted."""
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    if image.mode in SIXTEEN_BIT_MODES:
         image = _sixteen_bit_to_8(image)
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         colour = ImageColor.getrgb(background)[:3]
         flat = Image.new("RGBA", rgba.size, (*colour, 255))
@@ -111,12 +132,17 @@ def to_rgb(image: Image.Image, background: str = "#ffffff") -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: Path | str, background: str = "#ffffff") -> Image.Image:
-    """An image file as RGB, upright (EXIF orientation applied), transparency on `background`."""
+def open_upright(path: Path | str) -> Image.Image:
+    """An image file decoded in its own mode (alpha kept), upright (EXIF orientation applied)."""
     with Image.open(path) as image:
         image.load()
         upright = ImageOps.exif_transpose(image)
-    return to_rgb(upright if upright is not None else image, background)
+    return upright if upright is not None else image
+
+
+def load_image(path: Path | str, background: str = "#ffffff") -> Image.Image:
+    """An image file as RGB, upright (EXIF orientation applied), transparency on `background`."""
+    return to_rgb(open_upright(path), background)
 
 
 def fit_to_bucket(image: Image.Image, bucket: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:

@@ -5,6 +5,12 @@ from `config.dataset` (so `enable_bucket` defaults to on here, where kohya defau
 `image_dir` is relative to the TOML file. In TOML mode kohya reads neither repeats nor class
 tokens from `N_name` folder names, and neither do we: use `num_repeats` and `class_tokens`.
 
+Masked loss: `conditioning_data_dir` is the subset's mask folder (relative to the TOML, as
+`image_dir`), and `alpha_mask = true` turns masked loss on for that subset (as kohya applies
+alpha masks without --masked_loss). `dataset.masked_loss` (kohya's --masked_loss) turns it on
+for every subset; `alpha_mask = false` does not turn it off there. Without either switch a
+`conditioning_data_dir` is noted and unused (kohya would read it as a ControlNet dataset).
+
 LoRA Studio trains one resolution and batch size per job, so every dataset in the file must
 agree on the dataset-level keys. Keys kohya knows but we do not use are accepted with a note;
 keys that would change the captions or need another kind of dataset are refused.
@@ -20,23 +26,23 @@ from typing import Any
 from trainer.config import MAX_REPEATS, DatasetConfig
 from trainer.config_io import ConfigError, read_toml
 from trainer.data.subsets import (DatasetError, DatasetSettings, ResolvedDataset, Subset,
-                                  subset_defaults, unique_names)
+                                  mask_folder_of, subset_defaults, unique_names)
 from trainer.paths import resolved
 
 DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                 "bucket_reso_steps", "bucket_no_upscale", "validation_split", "validation_seed")
 SUBSET_SHARED_KEYS = ("num_repeats", "caption_extension", "class_tokens", "shuffle_caption",
                       "keep_tokens", "keep_tokens_separator", "caption_separator",
-                      "caption_dropout_rate", "caption_tag_dropout_rate", "flip_aug")
-SUBSET_ONLY_KEYS = ("image_dir", "is_reg")
+                      "caption_dropout_rate", "caption_tag_dropout_rate", "flip_aug",
+                      "alpha_mask")
+SUBSET_ONLY_KEYS = ("image_dir", "is_reg", "conditioning_data_dir")
 IGNORED_KEYS = ("debug_dataset", "cache_info", "color_aug", "random_crop", "face_crop_aug_range",
                 "token_warmup_min", "token_warmup_step", "caption_dropout_every_n_epochs",
-                "enable_wildcard", "secondary_separator", "network_multiplier", "alpha_mask",
+                "enable_wildcard", "secondary_separator", "network_multiplier",
                 "resize_interpolation", "custom_attributes")
 REFUSED_KEYS = {
     "metadata_file": "kohya fine-tuning datasets (metadata_file) are not supported; use image_dir "
                      "with one caption file per image",
-    "conditioning_data_dir": "ControlNet datasets (conditioning_data_dir) are not supported",
     "caption_prefix": "caption_prefix is not supported; use the trigger word or edit the captions",
     "caption_suffix": "caption_suffix is not supported; edit the caption files instead",
 }
@@ -62,7 +68,8 @@ def _int(source, where, key, value, low, high=None, multiple=1) -> int:
 
 def _check_value(source: Path, where: str, key: str, value: Any) -> Any:
     """Validate one value and return it in the form the Subset/Settings fields take."""
-    if key in ("enable_bucket", "bucket_no_upscale", "shuffle_caption", "flip_aug", "is_reg"):
+    if key in ("enable_bucket", "bucket_no_upscale", "shuffle_caption", "flip_aug", "is_reg",
+               "alpha_mask"):
         if not isinstance(value, bool):
             raise _fail(source, where, key, value, "true or false")
         return value
@@ -98,10 +105,11 @@ def _check_value(source: Path, where: str, key: str, value: Any) -> Any:
         if not isinstance(value, str) or not value.strip(". "):
             raise _fail(source, where, key, value, "a file extension like '.txt'")
         return value if value.startswith(".") else "." + value
-    if key in ("class_tokens", "keep_tokens_separator", "caption_separator", "image_dir"):
+    if key in ("class_tokens", "keep_tokens_separator", "caption_separator", "image_dir",
+               "conditioning_data_dir"):
         if not isinstance(value, str):
             raise _fail(source, where, key, value, "text in quotes")
-        if key in ("caption_separator", "image_dir") and not value:
+        if key in ("caption_separator", "image_dir", "conditioning_data_dir") and not value:
             raise _fail(source, where, key, value, "non-empty text")
         return value
     return value  # ignored keys: any value
@@ -173,17 +181,31 @@ def load_kohya_dataset(path: Path | str, dataset: DatasetConfig) -> ResolvedData
                        **_check_table(source, s_where, raw_subset, SUBSETS_KEYS, notes)}
             if "image_dir" not in options:
                 raise ConfigError(f"{source}: {s_where} has no image_dir (the folder of images)")
-            image_dir = Path(os.path.expanduser(options.pop("image_dir")))
-            if not image_dir.is_absolute():
-                image_dir = base / image_dir
+            image_dir = _beside(base, options.pop("image_dir"))
             if not image_dir.is_dir():
                 raise DatasetError(f"image folder not found: {image_dir} ({s_where}.image_dir in "
                                    f"{source})")
+            alpha_mask = options.pop("alpha_mask", False)
+            options["masked_loss"] = options["masked_loss"] or alpha_mask
+            masks = options.pop("conditioning_data_dir", None)
+            if masks is not None and not options["masked_loss"]:
+                notes.append((source, f"{s_where}.conditioning_data_dir is read as the mask "
+                                      "folder only with masked loss on (dataset.masked_loss, or "
+                                      "alpha_mask = true here); the masks are not used"))
+            options["mask_folder"] = mask_folder_of(
+                _beside(base, masks) if masks else None,
+                f"{s_where}.conditioning_data_dir in {source}", options["masked_loss"])
             subsets.append(Subset(image_dir=image_dir, name=image_dir.name, source=s_where,
                                   **options))
 
     settings = _one_setting_per_job(source, per_dataset, config_settings)
     return ResolvedDataset(unique_names(subsets), settings, notes)
+
+
+def _beside(base: Path, folder: str) -> Path:
+    """A folder the TOML names: relative to the TOML's own folder, `~` expanded."""
+    path = Path(os.path.expanduser(folder))
+    return path if path.is_absolute() else base / path
 
 
 def _one_setting_per_job(source: Path, per_dataset: list[dict[str, Any]],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from trainer.data.buckets import Bucket, aspect_error
 from trainer.data.captions import disk_tags
+from trainer.data.masks import MaskSource
 from trainer.data.subsets import DatasetSettings, Subset
 
 
@@ -25,6 +26,7 @@ class ImageItem:
     caption_path: Path | None  # None: no caption file
     bucket: Bucket
     repeats: int  # times per epoch; regularisation images are balanced like kohya does
+    mask: MaskSource | None = None  # masked loss: where its mask comes from; None: trains whole
 
     @property
     def is_reg(self) -> bool:
@@ -103,6 +105,23 @@ class DatasetReport:
     def usable(self) -> bool:
         return any(not item.is_reg and item.repeats > 0 for item in self.items)
 
+    @property
+    def masked_loss(self) -> bool:
+        """Masks are in use for some folder (dataset.masked_loss, or kohya's alpha_mask)."""
+        return any(subset.masked_loss for subset in self.subsets)
+
+    @property
+    def masks(self) -> dict[Path, MaskSource]:
+        """{image: its mask's source} of every image with a mask, held-out ones included."""
+        return {item.path: item.mask for item in self.items + self.validation if item.mask}
+
+    def mask_counts(self) -> dict[str, int]:
+        """Images (training, regularisation and held out) by mask source: mask_file, alpha,
+        none (trained whole)."""
+        counts = Counter(item.mask.kind if item.mask else "none"
+                         for item in self.items + self.validation)
+        return {kind: counts[kind] for kind in ("mask_file", "alpha", "none")}
+
 
 def tag_frequency(report: DatasetReport) -> dict[str, dict[str, int]]:
     """{folder name: {tag: images carrying it}} over the captions as written on disk (class
@@ -144,17 +163,32 @@ def report_counts(report: DatasetReport, folders: list[Path]) -> dict:
         items = [item for item in report.items if item.subset in mine]
         per_folder[str(folder)] = {
             "images": len(items), "per_epoch": sum(item.repeats for item in items),
-            "repeats": sorted({subset.num_repeats for subset in mine})}
+            "repeats": sorted({subset.num_repeats for subset in mine}),
+            "masks": sum(1 for item in items if item.mask)}
     return {"images": report.num_images, "reg_images": report.num_reg_images,
             "per_epoch": report.total_with_repeats, "batch_size": report.settings.batch_size,
             "steps_per_epoch": report.steps_per_epoch(), "skipped": len(report.errors),
             "validation_images": len(report.validation),
+            "masked_loss": report.masked_loss, "masks": report.mask_counts(),
             "skipped_files": {str(entry.path): entry.reason for entry in report.errors},
             "folders": per_folder}
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _mask_line(report: DatasetReport) -> str:
+    counts = report.mask_counts()
+    total = sum(counts.values())
+    where = sorted({str(s.mask_folder) for s in report.subsets if s.masked_loss and s.mask_folder})
+    parts = ([f"{counts['mask_file']} from mask files"
+              + (f" in {', '.join(where)}" if where else "")] if counts["mask_file"] else [])
+    parts += [f"{counts['alpha']} from their alpha channel"] if counts["alpha"] else []
+    masked = counts["mask_file"] + counts["alpha"]
+    return (f"Masked loss: {masked} of {_plural(total, 'image')} {'has' if masked == 1 else 'have'}"
+            " a mask" + (f" ({'; '.join(parts)})" if parts else "")
+            + f"; {counts['none']} trained on the whole image")
 
 
 def format_report(report: DatasetReport) -> str:
@@ -173,6 +207,8 @@ def format_report(report: DatasetReport) -> str:
                if s.validation_split else []) + [f"all of {name}" for name in whole]
         lines.append(f"Held out for the validation loss: {_plural(len(report.validation), 'image')}"
                      f" ({'; '.join(how)}), never trained on")
+    if report.masked_loss:
+        lines.append(_mask_line(report))
     res = f"{s.resolution[0]}x{s.resolution[1]}"
     if s.enable_bucket:
         lines.append(f"Resolution {res}, aspect-ratio buckets {s.min_bucket_reso}-"

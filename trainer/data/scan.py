@@ -22,10 +22,12 @@ from trainer.data.buckets import assign_bucket, make_buckets
 from trainer.data.captions import CaptionFile, read_caption
 from trainer.data.holdout import split_items
 from trainer.data.images import Probe, probe_image
+from trainer.data.masks import MaskCheck, check_mask
 from trainer.data.report import DatasetReport, ImageItem, SkippedFile
 from trainer.data.kohya_toml import load_kohya_dataset
 from trainer.data.subsets import (IMAGE_EXTENSIONS, DatasetSettings, ResolvedDataset, Subset,
                                   folder_subsets)
+from trainer.mask_files import mask_files_in
 from trainer.paths import is_regular_file, link_problem
 
 UNSUPPORTED_EXTENSIONS = frozenset({".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl",
@@ -38,6 +40,7 @@ class _Candidate:
     subset: Subset
     path: Path
     caption_path: Path | None
+    mask_file: Path | None = None  # its file in the subset's mask folder (masked loss)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class _Checked:
     probe: Probe
     caption: CaptionFile | None = None
     caption_error: str = ""
+    mask: MaskCheck = MaskCheck()
 
 
 def list_subset(subset: Subset) -> tuple[list[_Candidate], list[SkippedFile]]:
@@ -79,6 +83,7 @@ def list_subset(subset: Subset) -> tuple[list[_Candidate], list[SkippedFile]]:
                                        "convert it to PNG, JPEG, WebP or BMP"))
     candidates: list[_Candidate] = []
     first_with_stem: dict[str, str] = {}
+    masks = mask_files_in(subset.mask_folder) if subset.masked_loss and subset.mask_folder else {}
     for entry in images:
         stem = os.path.splitext(entry.name)[0]
         if stem in first_with_stem:
@@ -88,7 +93,8 @@ def list_subset(subset: Subset) -> tuple[list[_Candidate], list[SkippedFile]]:
                 f"{first_with_stem[stem]} is used"))
             continue
         first_with_stem[stem] = entry.name
-        candidates.append(_Candidate(subset, Path(entry.path), captions.get(stem)))
+        candidates.append(_Candidate(subset, Path(entry.path), captions.get(stem),
+                                     masks.get(stem)))
     for stem, path in captions.items():
         if stem not in first_with_stem:
             skipped.append(SkippedFile(path, "caption without an image (no image file named "
@@ -97,15 +103,21 @@ def list_subset(subset: Subset) -> tuple[list[_Candidate], list[SkippedFile]]:
 
 
 def _check(candidate: _Candidate) -> _Checked:
-    probe = probe_image(candidate.path)
-    if not probe.ok or candidate.caption_path is None:
+    subset = candidate.subset
+    probe = probe_image(candidate.path, alpha=subset.masked_loss)
+    if not probe.ok:
         return _Checked(probe)
+    mask = (check_mask(candidate.path, probe, candidate.mask_file, subset.mask_folder)
+            if subset.masked_loss else MaskCheck())
+    if candidate.caption_path is None:
+        return _Checked(probe, mask=mask)
     try:
-        return _Checked(probe, read_caption(candidate.caption_path, candidate.subset.caption_separator))
+        return _Checked(probe, read_caption(candidate.caption_path, subset.caption_separator),
+                        mask=mask)
     except OSError as error:
         reason = "permission denied" if isinstance(error, PermissionError) else (
             error.strerror or str(error))
-        return _Checked(probe, caption_error=f"caption file unreadable ({reason})")
+        return _Checked(probe, caption_error=f"caption file unreadable ({reason})", mask=mask)
 
 
 def _check_all(candidates: list[_Candidate]) -> list[_Checked]:
@@ -209,10 +221,14 @@ def scan_subsets(subsets: Iterable[Subset], settings: DatasetSettings,
             if caption_path:
                 skipped.append(SkippedFile(caption_path, f"empty caption; trained as "
                                            f"'{fallback}'", warning=True))
+        skipped += [SkippedFile(path, note, warning=True) for note in result.mask.notes]
+        if result.mask.problem:  # an empty mask would train nothing (and divide by zero)
+            skipped.append(SkippedFile(path, result.mask.problem))
+            continue
         bucket = _bucket_for(width, height, settings, buckets)
         items.append(ImageItem(path=path, subset=subset, width=width, height=height,
                                caption=text, caption_path=caption_path, bucket=bucket,
-                               repeats=subset.num_repeats))
+                               repeats=subset.num_repeats, mask=result.mask.source))
     split = split_items(items, settings.validation_split, settings.validation_seed or 0)
     validation = [items[i] for i in split.held_out]
     items = [items[i] for i in split.train]

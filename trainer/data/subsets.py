@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trainer.config import MAX_REPEATS, DatasetConfig
+from trainer.mask_files import IMAGE_EXTENSIONS  # one list of image suffixes (the window's too)
 from trainer.paths import is_folder, is_regular_file, link_problem
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
@@ -47,6 +47,8 @@ class Subset:
     flip_aug: bool = False
     trigger_word: str = ""  # never applied to regularisation images
     source: str = ""  # where it was defined, for messages
+    masked_loss: bool = False  # masks from mask_folder, else alpha (trainer.data.masks)
+    mask_folder: Path | None = None
 
     @property
     def effective_trigger(self) -> str:
@@ -121,6 +123,7 @@ def subset_defaults(dataset: DatasetConfig) -> dict:
         "caption_tag_dropout_rate": dataset.caption_tag_dropout_rate,
         "flip_aug": dataset.flip_aug,
         "trigger_word": dataset.trigger_word,
+        "masked_loss": dataset.masked_loss,
     }
 
 
@@ -145,6 +148,29 @@ def _has_images(entries: list[os.DirEntry]) -> bool:
 def _list_dir(path: Path) -> list[os.DirEntry]:
     with os.scandir(path) as iterator:
         return sorted(iterator, key=lambda entry: entry.name)
+
+
+def mask_folder_of(path: Path | None, field_name: str, used: bool) -> Path | None:
+    """A subset's mask folder, checked when masks are used: a missing one, or a file, is an
+    error naming the setting (training every image whole instead would be a silent surprise)."""
+    if path is None:
+        return None
+    path = Path(os.path.expanduser(str(path)))
+    if used and not path.exists():
+        raise DatasetError(f"{field_name}: mask folder not found: {path} (make the folder of "
+                           "masks, or clear the setting)")
+    if used and not path.is_dir():
+        raise DatasetError(f"{field_name}: {path} is a file, not a folder (give the folder "
+                           "that holds the masks)")
+    return path
+
+
+def _sub_mask_folder(mask_folder: Path | None, name: str) -> Path | None:
+    """An `N_name` subfolder's masks: in `mask_folder/N_name` when that folder exists (the
+    masks laid out like the images), else in the mask folder itself."""
+    if mask_folder is None or not (mask_folder / name).is_dir():
+        return mask_folder
+    return mask_folder / name
 
 
 def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
@@ -175,6 +201,11 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
         if folder.caption_extension is not None:
             options["caption_extension"] = folder.caption_extension
         source = f"dataset.folders[{index}]"
+        masks = mask_folder_of(folder.mask_folder, f"{source}.mask_folder", dataset.masked_loss)
+        if masks is not None and not dataset.masked_loss:
+            notes.append((masks, f"{source}.mask_folder is set but dataset.masked_loss is off: "
+                                 "the masks are not used"))
+        options["mask_folder"] = masks
         parsed = parse_repeat_folder(path.name)
         before = len(subsets)
         implausible = implausible_repeats(path.name)
@@ -189,6 +220,8 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
                                   class_tokens=tokens, source=source,
                                   **options))
         for entry in entries:
+            if masks is not None and os.path.abspath(entry.path) == os.path.abspath(masks):
+                continue  # the masks kept inside the image folder are no subfolder to train
             if entry.name.startswith(".") or not is_folder(entry, follow_symlinks=False):
                 if entry.is_symlink() and is_folder(entry):
                     notes.append((Path(entry.path), "symlinked folder not followed"))
@@ -206,7 +239,9 @@ def folder_subsets(dataset: DatasetConfig) -> ResolvedDataset:
             subsets.append(Subset(image_dir=Path(entry.path), name=entry.name, num_repeats=sub[0],
                                   is_reg=folder.is_reg, is_validation=folder.validation,
                                   class_tokens=folder.class_tokens or sub[1],
-                                  source=f"{source} / {entry.name}", **options))
+                                  source=f"{source} / {entry.name}",
+                                  **{**options,
+                                     "mask_folder": _sub_mask_folder(masks, entry.name)}))
         if len(subsets) == before:
             notes.append((path, "no images here and no kohya repeat folders like '10_name'"))
     return ResolvedDataset(unique_names(subsets), DatasetSettings.from_config(dataset), notes)
