@@ -59,7 +59,8 @@ class HealthReport(QWidget):
     def _maybe_recheck(self, key: str) -> None:
         if key in ("*", "dataset.folders", "dataset.caption_extension", "dataset.min_image_side",
                    "dataset.resolution", "dataset.enable_bucket", "dataset.batch_size",
-                   "dataset.validation_split", "dataset.validation_seed"):
+                   "dataset.validation_split", "dataset.validation_seed",
+                   "dataset.masked_loss"):
             self._later.start()
 
     @property

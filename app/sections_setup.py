@@ -31,8 +31,9 @@ class FolderTable(QTableWidget):
     """Image folders with their repeats (0 = take it from a kohya `N_name` folder name)."""
 
     def __init__(self) -> None:
-        super().__init__(0, 3)
-        self.setHorizontalHeaderLabels(["Image folder", "Images", "Repeats"])
+        super().__init__(0, 4)
+        self.setHorizontalHeaderLabels(["Image folder", "Images", "Repeats", "Masks"])
+        self.setColumnHidden(3, True)  # shown while masked loss is on
         self.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         self.verticalHeader().hide()
         self.setMinimumHeight(110)
@@ -42,6 +43,7 @@ class FolderTable(QTableWidget):
         # Per folder, from the health report's scan (the trainer's own count): usable
         # images, images seen per epoch, repeats of its subsets.
         self.counts: dict[str, dict] = {}
+        self.mask_folders: dict[int, Path | None] = {}  # row -> its mask folder
 
     def set_counts(self, folders: dict[str, dict]) -> None:
         self.counts = dict(folders)
@@ -60,11 +62,13 @@ class FolderTable(QTableWidget):
         for row in range(self.rowCount()):
             repeats = self.cellWidget(row, 2).value()
             folder = self.item(row, 0).data(Qt.UserRole)
-            out.append(folder.model_copy(update={"repeats": repeats or None}))
+            out.append(folder.model_copy(update={"repeats": repeats or None,
+                                                 "mask_folder": self.mask_folders.get(row)}))
         return out
 
     def show_folders(self, folders: list[DatasetFolder]) -> None:
         self.setRowCount(0)
+        self.mask_folders = {}
         for folder in folders:
             self.add_row(folder.path, folder.repeats or 0, notify=False, folder=folder)
         self.set_counts(self.counts)
@@ -91,12 +95,31 @@ class FolderTable(QTableWidget):
                        "'10_mystyle' (10), else 1.")
         box.valueChanged.connect(lambda *_: self.on_change())
         self.setCellWidget(row, 2, box)
+        masks = QPushButton()
+        masks.setToolTip("Masked loss: a folder with one mask per image, same name (white = "
+                         "trained, black = ignored). Without one, an image's transparency is "
+                         "its mask; an image with neither trains whole.")
+        masks.clicked.connect(lambda *_, button=masks: self._pick_masks(button))
+        self.setCellWidget(row, 3, masks)
+        self._show_masks(row, folder.mask_folder if folder else None)
         if notify:
             self.on_change()
 
+    def _show_masks(self, row: int, mask_folder: Path | None) -> None:
+        self.mask_folders[row] = Path(mask_folder) if mask_folder else None
+        self.cellWidget(row, 3).setText(Path(mask_folder).name if mask_folder
+                                        else "transparency...")
+
+    def _pick_masks(self, button: QPushButton) -> None:
+        row = next(r for r in range(self.rowCount()) if self.cellWidget(r, 3) is button)
+        path = pick_folder(self, "The mask folder of " + self.item(row, 0).text(), "masks")
+        self._show_masks(row, Path(path) if path else None)  # cancelled: no mask folder
+        self.on_change()
+
     def remove_selected(self) -> None:
-        for row in sorted({i.row() for i in self.selectedIndexes()}, reverse=True):
-            self.removeRow(row)
+        folders = self.folders()
+        rows = {i.row() for i in self.selectedIndexes()}
+        self.show_folders([f for row, f in enumerate(folders) if row not in rows])
         self.on_change()
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt's name
@@ -159,6 +182,11 @@ class DatasetSection(Page):
             QCheckBox("keep each image's shape"), "dataset", "enable_bucket",
             "Group images of similar shape instead of cropping them all square, so a tall "
             "portrait stays tall. Leave it on unless every image is already square."))
+        self.row("Masked loss", binder.field(
+            QCheckBox("learn only the masked part of each image"), "dataset", "masked_loss",
+            "Leave out of the loss what each image's mask marks black - a background, other "
+            "characters. The mask is a same-name file in the folder's mask folder (the Masks "
+            "column), else the image's transparency. The thumbnails shade what is left out."))
         self.row("Flip images", binder.field(
             QCheckBox("also learn mirrored copies"), "dataset", "flip_aug",
             "Mirror images at random. Don't use for text or asymmetric characters."))
@@ -204,6 +232,9 @@ class DatasetSection(Page):
         self.tabs = tabs
         self.body.addWidget(tabs)
         binder.changed.connect(lambda key: self._update_calculator())
+        binder.changed.connect(lambda key: key in ("*", "dataset.masked_loss") and
+                               self.table.setColumnHidden(
+                                   3, not self.binder.config.dataset.masked_loss))
         binder.changed.connect(lambda key: key == "*" and self.form.setRowVisible(
             self.bucket_note, False))  # another file's or preset's sizes are its own
         self.figures: dict | None = None

@@ -25,7 +25,9 @@ from PySide6.QtWidgets import (QApplication, QHBoxLayout, QLabel, QListView, QPl
 
 from app.binding import Binder
 from app.colours import ERROR, set_tone, tone_colour
+from app.mask_overlay import MaskFinder, masked_thumbnail
 from trainer.atomic import atomic_write_text
+from trainer.config import DatasetConfig
 from trainer.paths import is_folder
 
 SIZE = 96
@@ -78,20 +80,25 @@ class _Signals(QObject):
 
 
 class _Loader(QRunnable):
-    def __init__(self, generation: int, folders: list[Path], owner: ThumbnailGrid) -> None:
+    def __init__(self, generation: int, dataset: DatasetConfig, owner: ThumbnailGrid) -> None:
         super().__init__()
-        self.generation, self.folders, self.owner = generation, folders, owner
+        self.generation, self.dataset, self.owner = generation, dataset, owner
         self.signals = owner.signals
 
     def run(self) -> None:
-        paths, total = dataset_images(self.folders)
+        paths, total = dataset_images([f.path for f in self.dataset.folders])
         self.signals.listed.emit(self.generation, paths, total)
+        masks = MaskFinder(self.dataset.folders, self.dataset.masked_loss)
         batch: list[QImage] = []
         first, started = 0, time.monotonic()
         for index, path in enumerate(paths):
             if self.owner.generation != self.generation:
                 return  # a newer listing replaced this one
-            batch.append(_thumbnail(path))
+            thumbnail = _thumbnail(path)
+            if masks.masked_loss:  # what the loss ignores is shaded
+                thumbnail = masked_thumbnail(thumbnail, masks.mask_of(path),
+                                             self.dataset.background_color)
+            batch.append(thumbnail)
             if (time.monotonic() - started > BATCH_SECONDS or len(batch) == BATCH_IMAGES
                     or index == len(paths) - 1):
                 self.signals.loaded.emit(self.generation, first, batch)
@@ -229,7 +236,7 @@ class ThumbnailGrid(QWidget):
         return self.model.paths
 
     def _config_changed(self, key: str) -> None:
-        if key in ("*", "dataset.folders"):
+        if key in ("*", "dataset.folders", "dataset.masked_loss", "dataset.background_color"):
             self.refresh()
 
     def refresh(self) -> None:
@@ -241,10 +248,10 @@ class ThumbnailGrid(QWidget):
         self.generation += 1
         self.loaded = 0
         self.model.show([])
-        folders = [f.path for f in self.binder.config.dataset.folders]
-        self.count.setText("Listing images..." if folders else "No images yet.")
-        if folders:
-            self.pool.start(_Loader(self.generation, folders, self))
+        dataset = self.binder.config.dataset
+        self.count.setText("Listing images..." if dataset.folders else "No images yet.")
+        if dataset.folders:
+            self.pool.start(_Loader(self.generation, dataset, self))
 
     def _listed(self, generation: int, paths: list[Path], total: int) -> None:
         if generation != self.generation:
@@ -272,6 +279,8 @@ class ThumbnailGrid(QWidget):
                 else f"{shown:,} images")
         if left_out:
             text += f", {left_out:,} not trained on (see the Health report)"
+        if self.binder.config.dataset.masked_loss:
+            text += "; the shaded parts are left out of the loss (masked loss)"
         return text + more
 
     def _thumbnails(self, generation: int, first: int, images: list[QImage]) -> None:

@@ -134,6 +134,7 @@ def main() -> int:
     network_states(app, window, args.out)
     two_gpus(app, window, args.out)
     caption_tools(app, window, work, args.out)
+    masked_thumbnails(app, window, work, args.out)
     from dark_palette import dark_palette
 
     app.setPalette(dark_palette())  # as when the system switches to its dark theme
@@ -175,6 +176,38 @@ def caption_tools(app, window, work: Path, out: Path) -> None:
     window.grab().save(str(out / "dataset-caption-tools.png"))
     print(out / "dataset-caption-tools.png")
     dataset.tabs.setCurrentWidget(dataset.thumbnails)
+
+
+def masked_thumbnails(app, window, work: Path, out: Path) -> None:
+    """Masked loss on, each shape's mask in a mask folder (the shape white, the background
+    black): the thumbnails shade the background the loss leaves out."""
+    import time
+
+    from PIL import Image
+
+    images, masks = work / "10_shapes", work / "shape-masks"
+    masks.mkdir()
+    for image in sorted(images.glob("*.png")):
+        with Image.open(image) as picture:  # the shape is what is not the white background
+            grey = picture.convert("L").point(lambda value: 255 if value < 235 else 0)
+            grey.save(masks / image.name)
+    dataset = window.dataset
+    window.binder.set_and_show("dataset", "masked_loss", True)
+    dataset.table._show_masks(0, masks)
+    dataset.table.on_change()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (dataset.thumbnails.loaded < 12
+                                           or dataset.health.pending):
+        app.processEvents()
+        time.sleep(0.02)
+    window.show_section("Dataset")
+    app.processEvents()
+    dataset.verticalScrollBar().setValue(0)
+    for _ in range(5):
+        app.processEvents()
+    window.grab().save(str(out / "dataset-masks.png"))
+    print(out / "dataset-masks.png")
+    window.binder.set_and_show("dataset", "masked_loss", False)
 
 
 def network_states(app, window, out: Path) -> None:
