@@ -103,3 +103,25 @@ def make_blip(folder: Path, seed: int = 0) -> Path:
     BlipForConditionalGeneration(config).eval().save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def make_git(folder: Path, seed: int = 0) -> Path:
+    """A random GIT captioner folder (a CLIP-style vision tower and a BERT-style decoder)."""
+    import torch
+    from transformers import (BertTokenizer, CLIPImageProcessor, GitConfig, GitForCausalLM,
+                              GitProcessor)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = BertTokenizer(vocab={word: index for index, word in enumerate(BLIP_WORDS)})
+    processor = GitProcessor(image_processor=CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    torch.manual_seed(seed)
+    config = GitConfig(
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=8),
+        vocab_size=len(BLIP_WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=64, bos_token_id=2, eos_token_id=3,
+        pad_token_id=0)
+    GitForCausalLM(config).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -64,7 +64,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
                    "error": item.error},
             f"[{result.done}/{result.total}] {item.image.name}: " + (
                 f"skipped, {item.error}" if item.error else
-                f"{before!r} -> {item.after!r}" if item.changed else "unchanged"))
+                f"{'(no caption)' if before is None else repr(before)} -> {item.after!r}"
+                if item.changed else "unchanged"))
 
     try:
         result = caption_folder(folder, captioner, args.mode, extension=args.caption_extension,
