@@ -257,7 +257,7 @@ class CaptionTools(QWidget):
 
     def enable(self) -> None:
         idle = not self.child.running and self.current_folder() is not None
-        for widget in (self.preview_button, self.apply, self.undo_button, self.folder):
+        for widget in (self.preview_button, self.apply, self.undo_button):
             widget.setEnabled(idle)
         self.folder.setEnabled(not self.child.running)
         self.model_panel.enable(idle, self.child.running)
