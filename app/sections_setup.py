@@ -233,8 +233,8 @@ class DatasetSection(Page):
         self.body.addWidget(tabs)
         binder.changed.connect(lambda key: self._update_calculator())
         binder.changed.connect(lambda key: key in ("*", "dataset.masked_loss") and
-                               self.table.setColumnHidden(
-                                   3, not self.binder.config.dataset.masked_loss))
+                               self._show_mask_column())
+        self._show_mask_column()  # the config the section starts with (a restored session)
         binder.changed.connect(lambda key: key == "*" and self.form.setRowVisible(
             self.bucket_note, False))  # another file's or preset's sizes are its own
         self.figures: dict | None = None
@@ -256,6 +256,9 @@ class DatasetSection(Page):
             f"{low}-{high} px so they contain the resolution {resolution} px (Advanced).")
         self.form.setRowVisible(self.bucket_note, True)
         return {"min_bucket_reso": low, "max_bucket_reso": high}
+
+    def _show_mask_column(self) -> None:
+        self.table.setColumnHidden(3, not self.binder.config.dataset.masked_loss)
 
     def _pick_folder(self) -> None:
         path = pick_folder(self, "Add an image folder", "dataset")

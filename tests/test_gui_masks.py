@@ -120,6 +120,8 @@ def test_the_health_report_counts_the_masks(qtbot, data) -> None:
         masked_loss=True, folders=[DatasetFolder(path=images, mask_folder=masks)])))
     section = DatasetSection(binder)
     qtbot.addWidget(section)
+    assert not section.table.isColumnHidden(3)  # a restored session with masked loss on
+    assert section.table.cellWidget(0, 3).text() == "masks"
     with qtbot.waitSignal(section.health.counted, timeout=60_000,
                           check_params_cb=lambda counts: counts is not None):
         pass
