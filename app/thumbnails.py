@@ -51,16 +51,18 @@ def _images_in(folder: str) -> tuple[list[str], list[str]]:
     return sorted(images), sorted(folders)
 
 
-def dataset_images(folders: list[Path]) -> tuple[list[Path], int]:
+def dataset_images(folders: list[Path], masks: frozenset[Path] = frozenset()
+                   ) -> tuple[list[Path], int]:
     """(the first MAX_LISTED images, how many there are) in the folders and their direct
-    subfolders, sorted by name. Which of them train, and how often, is the health report's
-    scan to say (the trainer's own rules)."""
+    subfolders - not a mask folder kept among them - sorted by name. Which of them train, and
+    how often, is the health report's scan to say (the trainer's own rules)."""
     found: list[str] = []
     for folder in folders:
         images, subfolders = _images_in(str(folder))
         found += images
         for subfolder in subfolders:
-            found += _images_in(subfolder)[0]
+            if Path(subfolder) not in masks:
+                found += _images_in(subfolder)[0]
     return [Path(p) for p in found[:MAX_LISTED]], len(found)
 
 
@@ -86,7 +88,9 @@ class _Loader(QRunnable):
         self.signals = owner.signals
 
     def run(self) -> None:
-        paths, total = dataset_images([f.path for f in self.dataset.folders])
+        paths, total = dataset_images(
+            [f.path for f in self.dataset.folders],
+            frozenset(Path(f.mask_folder) for f in self.dataset.folders if f.mask_folder))
         self.signals.listed.emit(self.generation, paths, total)
         masks = MaskFinder(self.dataset.folders, self.dataset.masked_loss)
         batch: list[QImage] = []

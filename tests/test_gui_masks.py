@@ -79,6 +79,17 @@ def test_thumbnails_shade_what_the_loss_leaves_out(qtbot, data) -> None:
     assert pixels(grid, "cutout.png")[1].green() > pixels(grid, "cutout.png")[1].red()
 
 
+def test_a_mask_folder_inside_the_image_folder_is_not_listed_as_images(qtbot, data) -> None:
+    images, masks = data
+    inside = images / "masks"
+    masks.rename(inside)
+    binder = Binder(TrainConfig(dataset=DatasetConfig(
+        masked_loss=True, folders=[DatasetFolder(path=images, mask_folder=inside)])))
+    grid = loaded_grid(qtbot, binder)
+    assert sorted(p.name for p in grid.paths) == ["cutout.png", "red.png"]
+    assert pixels(grid, "red.png")[1].red() < 120  # and its mask still shades red.png
+
+
 def test_a_repeat_subfolder_finds_its_masks_as_the_trainer_does(tmp_path: Path) -> None:
     root, masks = tmp_path / "data", tmp_path / "masks"
     for folder in (root / "5_cat", root / "3_dog", masks / "5_cat"):
