@@ -82,12 +82,14 @@ class CaptionModelPanel(QGroupBox):
         form.addRow(buttons)
 
     def arguments(self, preview: bool) -> list[str]:
-        args = ["caption", str(self.tools.current_folder()), "--model", self.model.text().strip(),
-                "--mode", self.mode.currentData(), "--json", *self.tools.common_args(),
-                "--general-threshold", f"{self.general.value():g}",
-                "--character-threshold", f"{self.character.value():g}"]
-        for tag in (t.strip() for t in self.exclude.text().split(",")):
-            args += ["--exclude", tag] if tag else []
+        # --flag=VALUE: a value such as "-_-" must not read as a flag
+        args = ["caption", str(self.tools.current_folder()),
+                f"--model={self.model.text().strip()}", f"--mode={self.mode.currentData()}",
+                "--json", *self.tools.common_args(),
+                f"--general-threshold={self.general.value():g}",
+                f"--character-threshold={self.character.value():g}"]
+        args += [f"--exclude={tag}" for tag in (t.strip() for t in self.exclude.text().split(","))
+                 if tag]
         return args + (["--dry-run", "--limit", str(PREVIEW_IMAGES)] if preview else [])
 
     def run(self, preview: bool) -> bool:

@@ -143,8 +143,8 @@ class CaptionTools(QWidget):
 
     def common_args(self) -> list[str]:
         dataset = self.binder.config.dataset
-        return ["--caption-extension", dataset.caption_extension,
-                "--separator", dataset.caption_separator]
+        return [f"--caption-extension={dataset.caption_extension}",
+                f"--separator={dataset.caption_separator}"]
 
     # -- running a tool ---------------------------------------------------------------------
     def start(self, args: list[str], text: str) -> bool:
@@ -154,6 +154,8 @@ class CaptionTools(QWidget):
         self.thumbnails.save_if_edited()
         self.changes.setRowCount(0)
         self._writes = "--dry-run" not in args
+        if self._writes:
+            self.thumbnails.lock_captions(True)
         self.child.start(args)
         self.say(text)
         self.enable()
@@ -161,15 +163,14 @@ class CaptionTools(QWidget):
 
     def run_edit(self, dry_run: bool) -> bool:
         args = []
+        # --flag=VALUE: a value such as "-_-" or "-chan" must not read as a flag
         if self.find.text():
-            args += ["--find", self.find.text(), "--replace", self.replace.text()]
+            args += [f"--find={self.find.text()}", f"--replace={self.replace.text()}"]
             args += ["--regex"] if self.regex.isChecked() else []
-        for tag in tags_of(self.add_tags.text()):
-            args += ["--add-tag", tag]
-        for tag in tags_of(self.remove_tags.text()):
-            args += ["--remove-tag", tag]
+        args += [f"--add-tag={tag}" for tag in tags_of(self.add_tags.text())]
+        args += [f"--remove-tag={tag}" for tag in tags_of(self.remove_tags.text())]
         if self.first.text().strip():
-            args += ["--first", self.first.text().strip()]
+            args += [f"--first={self.first.text().strip()}"]
         if not args:
             self.say("Say what to change: text to find, tags to add or remove, or a trigger word.",
                      problem=True)
@@ -211,6 +212,7 @@ class CaptionTools(QWidget):
             self.say(f"The caption tool stopped unexpectedly (exit code {code}).", problem=True)
         self.model_panel.ended(code)
         if self._writes:
+            self.thumbnails.lock_captions(False)
             self.thumbnails.reload_caption()
             self.count_tags()
             self.changed.emit()

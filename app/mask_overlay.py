@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QColor, QImage, QImageReader, QPainter
+from PySide6.QtGui import QColor, QImage, QImageIOHandler, QImageReader, QPainter
 
 from trainer.config import DatasetFolder
 from trainer.mask_files import mask_files_in
@@ -49,7 +49,12 @@ class MaskFinder:
         return None
 
 
-def _scaled(reader: QImageReader, size: QSize) -> QImage:
+def _upright_at(path: Path, size: QSize) -> QImage:
+    """The image file read upright (EXIF orientation, as the trainer reads masks) at `size`."""
+    reader = QImageReader(str(path))
+    reader.setAutoTransform(True)
+    if reader.transformation() & QImageIOHandler.TransformationRotate90:
+        size = size.transposed()  # the scaled size applies before the rotation
     reader.setScaledSize(size)
     return reader.read()
 
@@ -95,7 +100,7 @@ def masked_thumbnail(thumbnail: QImage, mask_file: Path | None, background: str)
     if thumbnail.isNull():
         return thumbnail
     if mask_file is not None:
-        mask = _scaled(QImageReader(str(mask_file)), thumbnail.size())
+        mask = _upright_at(mask_file, thumbnail.size())
         if mask.hasAlphaChannel():  # a mask file's transparent pixels are black (the trainer's)
             mask = flattened(mask, "#000000")
         flat = flattened(thumbnail, background) if thumbnail.hasAlphaChannel() else thumbnail

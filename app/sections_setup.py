@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QHeaderView, QLineEdit,
+from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QHeaderView, QLineEdit, QMenu,
                                QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QTabWidget,
                                QWidget)
 
@@ -99,7 +99,11 @@ class FolderTable(QTableWidget):
         masks.setToolTip("Masked loss: a folder with one mask per image, same name (white = "
                          "trained, black = ignored). Without one, an image's transparency is "
                          "its mask; an image with neither trains whole.")
-        masks.clicked.connect(lambda *_, button=masks: self._pick_masks(button))
+        menu = QMenu(masks)
+        menu.addAction("Choose a mask folder...", lambda button=masks: self._pick_masks(button))
+        menu.addAction("No mask folder (each image's transparency)",
+                       lambda button=masks: self._set_masks(button, None))
+        masks.setMenu(menu)
         self.setCellWidget(row, 3, masks)
         self._show_masks(row, folder.mask_folder if folder else None)
         if notify:
@@ -110,10 +114,17 @@ class FolderTable(QTableWidget):
         self.cellWidget(row, 3).setText(Path(mask_folder).name if mask_folder
                                         else "transparency...")
 
+    def _row_of(self, button: QPushButton) -> int:
+        return next(r for r in range(self.rowCount()) if self.cellWidget(r, 3) is button)
+
     def _pick_masks(self, button: QPushButton) -> None:
-        row = next(r for r in range(self.rowCount()) if self.cellWidget(r, 3) is button)
+        row = self._row_of(button)
         path = pick_folder(self, "The mask folder of " + self.item(row, 0).text(), "masks")
-        self._show_masks(row, Path(path) if path else None)  # cancelled: no mask folder
+        if path:  # cancelled: the folder stays as it was
+            self._set_masks(button, Path(path))
+
+    def _set_masks(self, button: QPushButton, mask_folder: Path | None) -> None:
+        self._show_masks(self._row_of(button), mask_folder)
         self.on_change()
 
     def remove_selected(self) -> None:

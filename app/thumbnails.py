@@ -69,6 +69,7 @@ def dataset_images(folders: list[Path], masks: frozenset[Path] = frozenset()
 def _thumbnail(path: Path) -> QImage:
     """The image scaled down to fit SIZE (never up: small images stay small); null if unreadable."""
     reader = QImageReader(str(path))
+    reader.setAutoTransform(True)  # upright, as the trainer reads it (EXIF orientation)
     size = reader.size()
     if size.isValid() and (size.width() > SIZE or size.height() > SIZE):
         reader.setScaledSize(size.scaled(SIZE, SIZE, Qt.KeepAspectRatio))
@@ -215,6 +216,7 @@ class ThumbnailGrid(QWidget):
         self.save_button.clicked.connect(self.save_caption)
         self.save_button.setEnabled(False)
         self._shown_caption: tuple[Path, str] | None = None  # (caption file, text as read)
+        self.locked = False  # a caption tool is writing (lock_captions)
         self.caption.installEventFilter(self)
         self.save_shortcut = QShortcut(QKeySequence.Save, self)  # Ctrl+S while in the grid
         self.save_shortcut.setContext(Qt.WidgetWithChildrenShortcut)
@@ -330,10 +332,20 @@ class ThumbnailGrid(QWidget):
         except OSError:
             text = ""
         self._shown_caption = (path, text)
-        self.caption.setReadOnly(False)
+        self.caption.setReadOnly(self.locked)
         self.caption.setPlainText(text)
-        self._say(f"{path.name}" + ("" if path.exists() else " (new file)"))
-        self.save_button.setEnabled(True)
+        self._say(f"{path.name}" + ("" if path.exists() else " (new file)") + (
+            " - read only while a caption tool writes" if self.locked else ""))
+        self.save_button.setEnabled(not self.locked)
+
+    def lock_captions(self, locked: bool) -> None:
+        """While a caption tool writes the folder's captions the box is read only: text typed
+        there would be saved over the tool's write, or the tool's over it."""
+        self.save_if_edited()
+        self.locked = locked
+        current = self.grid.currentIndex()
+        if current.isValid():
+            self._select(current)
 
     def reload_caption(self) -> None:
         """Show the current image's caption as it is on disk now: a caption tool rewrote
@@ -351,7 +363,7 @@ class ThumbnailGrid(QWidget):
 
     def save_caption(self) -> Path | None:
         """Write the caption box to the shown image's caption file (its permissions kept)."""
-        if self._shown_caption is None:
+        if self._shown_caption is None or self.locked:
             return None
         path, _ = self._shown_caption
         text = self.caption.toPlainText().strip()

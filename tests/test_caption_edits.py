@@ -126,3 +126,30 @@ def test_the_json_preview_lists_every_change_for_the_window(folder: Path, capsys
     assert cli(["captions", str(folder), "--find", "white", "--replace", "grey", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["changes"] == preview["changes"]
     assert "grey background" in (folder / "img00.txt").read_text()
+
+
+def test_undo_from_another_current_folder_restores_the_same_files(folder: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    before = snapshot(folder)
+    monkeypatch.chdir(folder.parent)
+    assert cli(["captions", folder.name, "--add-tag", "flat"]) == 0  # a relative folder
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / folder.name).mkdir(parents=True)
+    (elsewhere / folder.name / "img00.txt").write_text("someone else's file")
+    monkeypatch.chdir(elsewhere)
+    assert cli(["captions", str(folder), "--undo"]) == 0
+    assert snapshot(folder) == before
+    assert (elsewhere / folder.name / "img00.txt").read_text() == "someone else's file"
+
+
+def test_a_journal_naming_files_elsewhere_restores_nothing(folder: Path, tmp_path: Path) -> None:
+    apply_changes(folder, plan(folder, CaptionEdit(add_tags=("flat",))))
+    journal = folder / ".lora-studio-caption-undo.json"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    journal.write_text(journal.read_text() + json.dumps({"path": str(victim), "before": None})
+                       + "\n")
+    changed = snapshot(folder)
+    with pytest.raises(CaptionEditError, match="names files outside .*nothing was restored"):
+        undo(folder)
+    assert victim.read_text() == "keep me" and snapshot(folder) == changed

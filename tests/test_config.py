@@ -109,10 +109,11 @@ def test_relative_paths_in_a_file_are_relative_to_that_file(tmp_path: Path) -> N
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "job.toml"
     path.write_text('[model]\npath = "../models/base.safetensors"\n'
-                    '[dataset]\nfolders = [{path = "imgs"}]\n')
+                    '[dataset]\nfolders = [{path = "imgs", mask_folder = "masks"}]\n')
     config = build_config(load_config_data(path))
     assert config.model.path == (tmp_path / "models" / "base.safetensors").resolve()
     assert config.dataset.folders[0].path == (tmp_path / "sub" / "imgs").resolve()
+    assert config.dataset.folders[0].mask_folder == (tmp_path / "sub" / "masks").resolve()
 
 
 @pytest.mark.parametrize("flag", ["--model", "--data", "--out", "--dataset-config", "--init-from"])

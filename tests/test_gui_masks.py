@@ -90,6 +90,25 @@ def test_a_mask_folder_inside_the_image_folder_is_not_listed_as_images(qtbot, da
     assert pixels(grid, "red.png")[1].red() < 120  # and its mask still shades red.png
 
 
+def test_a_rotated_photo_is_shaded_upright_as_the_trainer_sees_it(qtbot, tmp_path: Path) -> None:
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways (64 wide, 32 high): upright it is 32 wide, 64 high
+    Image.new("RGB", (64, 32), RED).save(images / "photo.jpg", quality=100, exif=exif)
+    (images / "photo.txt").write_text("a photo")
+    mask = Image.new("L", (32, 64), 0)
+    mask.paste(255, (0, 0, 32, 32))  # upright: the top half is trained
+    mask.save(masks / "photo.png")
+    binder = Binder(TrainConfig(dataset=DatasetConfig(
+        masked_loss=True, folders=[DatasetFolder(path=images, mask_folder=masks)])))
+    grid = loaded_grid(qtbot, binder)
+    image = grid.model.icons[0].pixmap(64, 64).toImage()
+    assert (image.width(), image.height()) == (32, 64)  # upright
+    assert image.pixelColor(16, 8).red() > 200 and image.pixelColor(16, 56).red() < 120
+
+
 def test_a_repeat_subfolder_finds_its_masks_as_the_trainer_does(tmp_path: Path) -> None:
     root, masks = tmp_path / "data", tmp_path / "masks"
     for folder in (root / "5_cat", root / "3_dog", masks / "5_cat"):
@@ -114,15 +133,19 @@ def test_the_masks_column_sets_each_folders_mask_folder(qtbot, data, monkeypatch
     binder.set_value("dataset", "masked_loss", True)
     assert not table.isColumnHidden(3)
     assert table.cellWidget(0, 3).text() == "transparency..."
+    choose, clear = table.cellWidget(0, 3).menu().actions()
     monkeypatch.setattr(sections_setup, "pick_folder", lambda *args: str(masks))
-    table.cellWidget(0, 3).click()
+    choose.trigger()
     assert binder.config.dataset.folders[0].mask_folder == masks
     assert table.cellWidget(0, 3).text() == "masks"
     table.cellWidget(0, 2).setValue(2)  # another edit of the row keeps it
     assert binder.config.dataset.folders[0].mask_folder == masks
     monkeypatch.setattr(sections_setup, "pick_folder", lambda *args: "")
-    table.cellWidget(0, 3).click()  # cancelled: back to the transparency
+    choose.trigger()  # the picker cancelled: nothing changes
+    assert binder.config.dataset.folders[0].mask_folder == masks
+    clear.trigger()  # said in words: back to the transparency
     assert binder.config.dataset.folders[0].mask_folder is None
+    assert table.cellWidget(0, 3).text() == "transparency..."
 
 
 def test_the_health_report_counts_the_masks(qtbot, data) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.atomic import atomic_write_text
-from trainer.caption_journal import CaptionEditError, CaptionJournal
+from trainer.caption_journal import CaptionEditError, CaptionJournal, sweep_temp_files
 from trainer.data.captions import split_tags
 
 
@@ -101,6 +101,7 @@ def plan(folder: Path, edit: CaptionEdit, extension: str = ".txt") -> list[Capti
 
 def apply_changes(folder: Path, changes: list[CaptionChange]) -> int:
     """Journal and write every change; how many captions were written."""
+    sweep_temp_files(change.path for change in changes)  # a killed earlier write's
     with CaptionJournal(folder, "bulk caption edit") as journal:
         for change in changes:
             journal.record(change.path, change.before)

@@ -14,12 +14,38 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from trainer.atomic import atomic_write_bytes, atomic_write_text
 from trainer.config_io import ConfigError
 
 UNDO_FILE = ".lora-studio-caption-undo.json"
+
+
+# trainer.atomic's temp files: ".<name>.<8 random characters>.tmp" beside the file
+TEMP_FILE = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp\Z")
+
+
+def sweep_temp_files(captions: Iterable[Path]) -> int:
+    """Remove the temp files a killed write left beside these caption files (its caption was
+    not replaced: the old one is in place); how many. Each folder is listed once."""
+    by_folder: dict[Path, set[str]] = {}
+    for caption in captions:
+        by_folder.setdefault(Path(caption).parent, set()).add(Path(caption).name)
+    removed = 0
+    for folder, names in by_folder.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for entry in entries:
+            match = TEMP_FILE.match(entry)
+            if match and match["name"] in names:
+                Path(folder, entry).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 class CaptionEditError(ConfigError):
@@ -41,7 +67,9 @@ class CaptionJournal:
         if self._handle is None:
             atomic_write_text(self.path, json.dumps({"journal": 2, "what": self.what}) + "\n")
             self._handle = open(self.path, "a", encoding="utf-8")
-        entry = {"path": str(caption),
+        # absolute (links not followed: the write replaces a link itself): an undo run from
+        # another current folder must find the same file
+        entry = {"path": os.path.abspath(caption),
                  "before": None if before is None else base64.b64encode(before).decode()}
         self._handle.write(json.dumps(entry) + "\n")
         self._handle.flush()
@@ -98,14 +126,21 @@ def undo(folder: Path) -> list[Path]:
         raise CaptionEditError(f"nothing to undo in {folder} (no {UNDO_FILE}: the last change "
                                "was undone already, or none was made here)")
     entries = _entries(journal)
+    inside = Path(os.path.abspath(folder))
+    outside = [e["path"] for e in entries
+               if not Path(os.path.abspath(e["path"])).is_relative_to(inside)]
+    if outside:  # written for another folder (copied?) or edited: touch nothing
+        raise CaptionEditError(f"{journal} names files outside {inside} ({outside[0]}); "
+                               "nothing was restored")
     restored: dict[Path, None] = {}
     # Newest first: a file recorded twice ends with its oldest bytes.
     for entry in reversed(entries):
-        path, before = Path(entry["path"]), entry["before"]
+        path, before = Path(os.path.abspath(entry["path"])), entry["before"]
         if before is None:
             path.unlink(missing_ok=True)
         else:
             atomic_write_bytes(path, base64.b64decode(before))
         restored[path] = None
     journal.unlink()
+    sweep_temp_files(restored)
     return list(restored)

@@ -114,8 +114,9 @@ def resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(data.get(section), dict) and key in data[section]:
             data[section][key] = fix(data[section][key])
     for folder in (data.get("dataset") or {}).get("folders") or []:
-        if isinstance(folder, dict) and "path" in folder:
-            folder["path"] = fix(folder["path"])
+        for key in ("path", "mask_folder"):
+            if isinstance(folder, dict) and folder.get(key) is not None:
+                folder[key] = fix(folder[key])
     return data
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 from trainer.atomic import atomic_write_text
 from trainer.caption_edits import captioned_images
-from trainer.caption_journal import CaptionJournal
+from trainer.caption_journal import CaptionJournal, sweep_temp_files
 from trainer.captioning import Captioner, CaptionModelError
 from trainer.data.captions import joiner, split_tags
 
@@ -97,6 +97,8 @@ def caption_folder(folder: Path, captioner: Captioner, mode: str = "missing", *,
         if needs_model(mode, text):
             todo.append((image, caption_file, before, text))
     todo = todo[:limit] if limit is not None else todo
+    if not dry_run:  # an earlier run killed mid-write left its temp files
+        sweep_temp_files(caption_file for _, caption_file, _, _ in todo)
     result = RunResult(total=len(todo))
     with CaptionJournal(Path(folder), f"captions from a model ({mode})") as journal:
         for image, caption_file, before, text in todo:
@@ -109,6 +111,10 @@ def caption_folder(folder: Path, captioner: Captioner, mode: str = "missing", *,
                 result.skipped[str(image)] = f"could not be read ({error})"
                 item = Captioned(image, caption_file, text, None, result.skipped[str(image)])
             else:
+                now = read_before(caption_file)  # written since the scan (the user, a tool)?
+                if now != before:  # then it is what the mode works on, and what undo restores
+                    before = now
+                    text = None if now is None else now.decode("utf-8-sig", errors="replace")
                 after = combined(mode, text, made, separator) if made else None
                 item = Captioned(image, caption_file, text, after)
                 if item.changed and not dry_run:
