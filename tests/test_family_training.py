@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from synthetic import make_shapes_dataset
-from test_training import losses, tiny_config
+from test_training import losses, tiny_config, train_whole_and_resumed
 from trainer.checkpoint import list_checkpoints
 from trainer.families import FAMILIES, get_family
-from trainer.loop import TrainControl, train
+from trainer.loop import train
 from trainer.models import load_base_model, make_tiny_model
 
 PIPELINES = {"sd1": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline",
@@ -105,12 +105,7 @@ def test_resume_is_bit_identical(model, data, tmp_path) -> None:
                     network={"dropout": 0.1, "train_text_encoder": True},
                     dataset={"batch_size": 2, "flip_aug": True, "shuffle_caption": True},
                     output={"save_precision": "fp32"})
-    whole = train(tiny_config(folder, data, tmp_path / "whole", **settings), tmp_path / "whole")
-    control = TrainControl()
-    control.on_step = lambda step: control.stop.set() if step == 10 else None
-    config = tiny_config(folder, data, tmp_path / "part", **settings)
-    train(config, tmp_path / "part", control=control)
-    resumed = train(config, tmp_path / "part", resume=tmp_path / "part")
+    whole, resumed = train_whole_and_resumed(folder, data, tmp_path, 10, **settings)
     a, b = load_file(whole), load_file(resumed)
     assert a.keys() == b.keys() and len(a) > 100
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -14,10 +14,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from test_network_groups import data, model  # noqa: F401 - the same fixtures: a dataset, a family's tiny model
-from test_training import losses, tiny_config
+from test_training import losses, tiny_config, train_whole_and_resumed
 from trainer.checkpoint import list_checkpoints
 from trainer.config import NetworkConfig
-from trainer.loop import TrainControl, train
+from trainer.loop import train
 from trainer.models import load_base_model
 
 KINDS = ["dora", "loha", "lokr"]
@@ -200,13 +200,7 @@ def test_resume_is_bit_identical_for_each_kind(tiny_model, data, tmp_path, kind:
                    else {"dropout": 0.1})
     settings = dict(schedule={"max_train_steps": 6, "seed": 9}, network=network,
                     dataset={"batch_size": 2, "flip_aug": True}, output={"save_precision": "fp32"})
-    whole = train(tiny_config(tiny_model[0], data, tmp_path / "whole", **settings),
-                  tmp_path / "whole")
-    control = TrainControl()
-    control.on_step = lambda step: control.stop.set() if step == 3 else None
-    config = tiny_config(tiny_model[0], data, tmp_path / "part", **settings)
-    train(config, tmp_path / "part", control=control)
-    resumed = train(config, tmp_path / "part", resume=tmp_path / "part")
+    whole, resumed = train_whole_and_resumed(tiny_model[0], data, tmp_path, 3, **settings)
     a, b = load_file(whole), load_file(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if kind == "lora":  # the LoCon's 3x3 convs resumed too

@@ -36,6 +36,18 @@ def losses(run_dir: Path) -> list[tuple[int, float, float]]:
     return [(e.step, e.loss, e.lr) for e in read_events(run_dir) if e.type == "loss"]
 
 
+def train_whole_and_resumed(model: Path, data: Path, root: Path, stop_after: int,
+                            **sections) -> tuple[Path, Path]:
+    """One run twice: whole in root/whole, and stopped after `stop_after` steps then resumed
+    in root/part; the two LoRA files (a bit-identical resume makes them equal)."""
+    whole = train(tiny_config(model, data, root / "whole", **sections), root / "whole")
+    control = TrainControl()
+    control.on_step = lambda step: control.stop.set() if step == stop_after else None
+    config = tiny_config(model, data, root / "part", **sections)
+    train(config, root / "part", control=control)
+    return whole, train(config, root / "part", resume=root / "part")
+
+
 def test_validate_names_every_bad_file(tiny_model, tmp_path: Path, capsys) -> None:
     folder = tmp_path / "mixed"
     make_shapes_dataset(folder, 12)

@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 
 from pretrain import make_pretrained_tiny_model
 from synthetic import make_shapes_dataset
-from test_training import losses, tiny_config
+from test_training import losses, tiny_config, train_whole_and_resumed
 from trainer.data import scan_dataset
 from trainer.data.holdout import held_out_count, split_items
 from trainer.events import read_events
-from trainer.loop import TrainControl, train
+from trainer.loop import train
 from trainer.validation import spread_timesteps
 
 
@@ -102,13 +102,7 @@ def test_the_same_checkpoint_scores_the_same_and_resume_stays_bit_identical(
                     dataset={"validation_split": 0.34, "validation_every_n_steps": 3,
                              "flip_aug": True},
                     output={"save_precision": "fp32", "save_every_n_steps": 5})
-    whole = train(tiny_config(tiny_model[0], shapes, tmp_path / "whole", **settings),
-                  tmp_path / "whole")
-    control = TrainControl()
-    control.on_step = lambda step: control.stop.set() if step == 5 else None
-    part = tiny_config(tiny_model[0], shapes, tmp_path / "part", **settings)
-    train(part, tmp_path / "part", control=control)
-    resumed = train(part, tmp_path / "part", resume=tmp_path / "part")
+    whole, resumed = train_whole_and_resumed(tiny_model[0], shapes, tmp_path, 5, **settings)
     a, b = load_file(whole), load_file(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert losses(tmp_path / "part")[5:] == losses(tmp_path / "whole")[5:]
