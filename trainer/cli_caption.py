@@ -21,19 +21,13 @@ from pathlib import Path
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from trainer.caption_journal import undo
+    from trainer.cli_captions import caption_folder_of, undo_last_change
     from trainer.config_io import ConfigError
     from trainer.offline import forbid_network
 
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise ConfigError(f"{folder} is not a folder; pass the folder of images to caption")
+    folder = caption_folder_of(args)
     if args.undo:
-        restored = undo(folder)
-        say(args, {"event": "undone", "restored": len(restored)},
-            f"restored {len(restored)} caption file(s) in {folder} as they were before the "
-            "last change")
-        return 0
+        return undo_last_change(folder, args.json)
     if not args.model:
         raise ConfigError("--model is needed: a WD14 tagger's .onnx file (with "
                           "selected_tags.csv beside it) or a transformers captioner folder")

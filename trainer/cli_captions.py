@@ -20,19 +20,34 @@ from pathlib import Path
 PREVIEW_LINES = 20
 
 
-def cmd_captions(args: argparse.Namespace) -> int:
-    from trainer.caption_edits import CaptionEdit, apply_changes, plan
-    from trainer.caption_journal import undo
+def caption_folder_of(args: argparse.Namespace) -> Path:
+    """The folder a caption command works on (ConfigError when it is none)."""
     from trainer.config_io import ConfigError
 
     folder = Path(args.folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder; pass the folder of images and captions")
+    return folder
+
+
+def undo_last_change(folder: Path, as_json: bool) -> int:
+    """`--undo` of `captions` and `caption` alike: the folder has one journal for both."""
+    from trainer.caption_journal import undo
+
+    restored = undo(folder)
+    print(json.dumps({"event": "undone", "restored": len(restored)}) if as_json else
+          f"restored {len(restored)} caption file(s) in {folder} as they were before the "
+          "last change")
+    return 0
+
+
+def cmd_captions(args: argparse.Namespace) -> int:
+    from trainer.caption_edits import CaptionEdit, apply_changes, plan
+    from trainer.config_io import ConfigError
+
+    folder = caption_folder_of(args)
     if args.undo:
-        restored = undo(folder)
-        print(f"restored {len(restored)} caption file(s) in {folder} as they were before the "
-              "last change")
-        return 0
+        return undo_last_change(folder, args.json)
     if args.frequency:
         return _frequency(folder, args)
     edit = CaptionEdit(find=args.find or "", replace_with=args.replace or "", regex=args.regex,
