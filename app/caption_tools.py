@@ -47,6 +47,7 @@ class CaptionTools(QWidget):
         self.binder, self.thumbnails = binder, thumbnails
         self.child = JsonLinesChild(self, self._line, self._ended)
         self._writes = False  # the running tool may change files (not a preview)
+        self._counts_stale = True  # the tag table waits until the tab is shown
         self.counter = JsonLinesChild(self, self._counted, self._count_ended)
         self.folder = QComboBox()
         self.folder.setToolTip("The dataset folder whose captions the tools change.")
@@ -220,6 +221,11 @@ class CaptionTools(QWidget):
 
     # -- the tag-frequency table ------------------------------------------------------------
     def count_tags(self) -> None:
+        """Count the folder's tags in a child - when the tab is on screen: the window's start
+        (and each folder change) already has the health report's scan running."""
+        self._counts_stale = not self.isVisible()
+        if self._counts_stale:
+            return
         folder = self.current_folder()
         self.frequency.setRowCount(0)
         if folder is None or not folder.is_dir():
@@ -251,6 +257,11 @@ class CaptionTools(QWidget):
         tags = tags_of(self.remove_tags.text())
         if tag not in tags:
             self.remove_tags.setText(", ".join(tags + [tag]))
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if self._counts_stale:
+            self.count_tags()
 
     # -- state ------------------------------------------------------------------------------
     def say(self, text: str, problem: bool = False) -> None:

@@ -42,7 +42,9 @@ def tools(qtbot, folder: Path) -> CaptionTools:
     panel = CaptionTools(binder, grid)
     qtbot.addWidget(grid)
     qtbot.addWidget(panel)
-    qtbot.waitUntil(lambda: not panel.counter.running, timeout=30_000)
+    assert not panel.counter.running  # nothing counted while the tab is not on screen
+    panel.show()
+    qtbot.waitUntil(lambda: panel.frequency.rowCount() > 0, timeout=30_000)
     return panel
 
 
